@@ -1,0 +1,157 @@
+"""The one way a tier puts files on a node or runs a step there.
+
+A step is one `command:remote:Command` whose script (sent on stdin) writes the step's rendered
+files and then runs the step's own shell. Files are written only when their content differs and
+the names of the files that changed are in `$CHANGED`, so a re-run restarts nothing.
+
+Triggers hold a hash of the script: an unchanged stack previews as no change and a changed
+template re-runs exactly the steps that render it. A step reports values on stdout as
+`key=value` lines; `step_output` reads them (that is how WireGuard public keys flow).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import pulumi
+import pulumi_command as command
+
+TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+FILE_DELIMITER = "__AIRFLOW_HA_FILE__"
+# The script arrives on stdin; it is saved first so that commands inside it (apt, ssh) cannot
+# read the rest of it as their input.
+RUN_SCRIPT = 'umask 077; f=$(mktemp); trap "rm -f $f" EXIT; cat > "$f"; bash "$f" < /dev/null'
+
+_jinja = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    # Shell uses "{#" (${#array[@]}): templates take no Jinja comments.
+    comment_start_string="{##",
+    comment_end_string="##}",
+)
+
+
+def render(template: str, context: Mapping[str, Any]) -> str:
+    """Render one template (path under templates/) with plain values."""
+    return _jinja.get_template(template).render(**context)
+
+
+def render_output(template: str, context: Mapping[str, Any]) -> pulumi.Output[str]:
+    """Render once every Output in `context` (nested too) is known; secrets stay secret."""
+    return pulumi.Output.from_input(dict(context)).apply(lambda ctx: render(template, ctx))
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """A file a step writes: `content` is rendered text (str or Output[str])."""
+
+    path: str
+    content: Any
+    mode: str = "0644"
+    owner: str = "root:root"
+
+
+@dataclass(frozen=True)
+class NodeAccess:
+    """How steps reach a node: its name and the SSH connection."""
+
+    name: str
+    host: pulumi.Input[str]
+    user: str
+    port: int
+    private_key: pulumi.Input[str]
+    extra: dict = field(default_factory=dict)
+
+    def connection(self) -> command.remote.ConnectionArgs:
+        return command.remote.ConnectionArgs(
+            host=self.host,
+            user=self.user,
+            port=self.port,
+            private_key=self.private_key,
+            dial_error_limit=30,
+            per_dial_timeout=10,
+        )
+
+
+def _file_block(f: RemoteFile, content: str) -> str:
+    if not content.endswith("\n"):
+        content += "\n"
+    return (
+        f"put_file {f.path} {f.mode} {f.owner} <<'{FILE_DELIMITER}'\n"
+        f"{content}{FILE_DELIMITER}\n"
+    )
+
+
+def _assemble(step: str, node: str, files: Sequence[RemoteFile], contents: Sequence[str], body: str,
+              outputs: Sequence[str]) -> str:
+    prelude = render(
+        "common/prelude.sh.j2", {"step": step, "node": node, "outputs": list(outputs)}
+    )
+    blocks = "".join(_file_block(f, c) for f, c in zip(files, contents, strict=True))
+    return prelude + blocks + "\n# --- step ---\n" + body
+
+
+def run_step(
+    step: str,
+    node: NodeAccess,
+    body: pulumi.Input[str],
+    *,
+    parent: pulumi.Resource,
+    files: Sequence[RemoteFile] = (),
+    outputs: Sequence[str] = (),
+    depends_on: Sequence[pulumi.Resource] = (),
+    timeout_minutes: int = 20,
+) -> command.remote.Command:
+    """Create the Command that runs `body` (after writing `files`) on `node`.
+
+    `outputs` names the `key=value` lines the step prints (for readers and the offline render).
+    """
+    script = pulumi.Output.all(body, *[f.content for f in files]).apply(
+        lambda parts: _assemble(step, node.name, files, parts[1:], parts[0], outputs)
+    )
+    digest = script.apply(lambda s: hashlib.sha256(s.encode()).hexdigest())
+    run_as = RUN_SCRIPT if node.user == "root" else f"sudo -n bash -c '{RUN_SCRIPT}'"
+    return command.remote.Command(
+        f"{node.name}-{step}",
+        connection=node.connection(),
+        create=run_as,
+        stdin=script,
+        triggers=[digest],
+        opts=pulumi.ResourceOptions(
+            parent=parent,
+            depends_on=list(depends_on),
+            custom_timeouts=pulumi.CustomTimeouts(
+                create=f"{timeout_minutes}m", update=f"{timeout_minutes}m"
+            ),
+        ),
+    )
+
+
+def parse_outputs(stdout: str) -> dict[str, str]:
+    """The `key=value` lines a step printed (the last one wins)."""
+    values: dict[str, str] = {}
+    for line in stdout.splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and key.isidentifier():
+            values[key] = value
+    return values
+
+
+def step_output(cmd: command.remote.Command, key: str) -> pulumi.Output[str]:
+    """One `key=value` value printed by a step; fails loudly when the step did not print it."""
+
+    def pick(stdout: str) -> str:
+        values = parse_outputs(stdout or "")
+        if key not in values:
+            raise ValueError(f"step {cmd._name} printed no '{key}=' line")
+        return values[key]
+
+    return cmd.stdout.apply(pick)

@@ -1,0 +1,203 @@
+"""A stand-in for the Pulumi engine: runs the real program under `pulumi.runtime.set_mocks`.
+
+Used by the unit tests, the offline render (tools.render) and the local deploy (tools.deploy).
+`Engine.new_resource` is called by the SDK from a thread pool only once a resource's dependencies
+have resolved, so a subclass that really runs a step keeps the engine's order and parallelism.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import yaml
+from pulumi.runtime import mocks as pulumi_mocks
+
+from components.config import NAMESPACE
+
+REPO = Path(__file__).resolve().parent.parent
+STACKS_DIR = REPO / "stacks"
+SECRET_CONFIG_KEYS = ("sshPrivateKey",)
+STEP_HEADER = re.compile(r'^# airflow-ha step "(?P<step>[^"]+)" on node (?P<node>\S+)', re.M)
+PRINTS = re.compile(r"^# prints: (?P<keys>.+?) \(as key=value lines\)$", re.M)
+FILE_BLOCK = re.compile(
+    r"^put_file (?P<path>\S+) (?P<mode>\S+) (?P<owner>\S+) <<'__AIRFLOW_HA_FILE__'\n"
+    r"(?P<content>.*?)^__AIRFLOW_HA_FILE__$",
+    re.M | re.S,
+)
+
+
+@dataclass
+class Registered:
+    """One resource the program registered, in registration order."""
+
+    type: str
+    name: str
+    inputs: dict
+    outputs: dict
+    order: int
+
+
+@dataclass
+class Step:
+    """A parsed remote step: what lands on a node and what runs there."""
+
+    node: str
+    step: str
+    script: str
+    files: list[tuple[str, str, str, str]] = field(default_factory=list)  # path, mode, owner, text
+    prints: list[str] = field(default_factory=list)
+
+
+def parse_step(script: str) -> Step:
+    header = STEP_HEADER.search(script)
+    if header is None:
+        raise ValueError("not an airflow-ha step script")
+    prints = PRINTS.search(script)
+    return Step(
+        node=header["node"],
+        step=header["step"],
+        script=script,
+        files=[(m["path"], m["mode"], m["owner"], m["content"]) for m in FILE_BLOCK.finditer(script)],
+        prints=prints["keys"].split() if prints else [],
+    )
+
+
+def load_stack_file(path: Path) -> dict[str, Any]:
+    """The `airflow-ha:*` values of a Pulumi.<stack>.yaml, keys without the namespace.
+
+    Values kept encrypted by the CLI (`secure:`) come back as the marker {"secure": ...}.
+    """
+    data = yaml.safe_load(path.read_text()) or {}
+    values = {}
+    for key, value in (data.get("config") or {}).items():
+        namespace, _, name = key.partition(":")
+        if namespace == NAMESPACE and name:
+            values[name] = value
+    return values
+
+
+def stack_path(stack: str) -> Path:
+    return STACKS_DIR / f"Pulumi.{stack}.yaml"
+
+
+def fake_public_key(name: str) -> str:
+    """A well-formed WireGuard public key (32 bytes, base64) derived from a name."""
+    return base64.b64encode(hashlib.sha256(name.encode()).digest()).decode()
+
+
+class Engine(pulumi_mocks.Mocks):
+    """Records every resource; answers with plausible outputs. Subclasses change the answers."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.resources: list[Registered] = []
+        self._counter = 0
+
+    # -- answers per resource type ---------------------------------------------------------
+    def secret_value(self, name: str, kind: str, inputs: dict) -> str:
+        if kind == "bytes":
+            return base64.b64encode(hashlib.sha256(name.encode()).digest()).decode()
+        return f"test-{name}-" + hashlib.sha256(name.encode()).hexdigest()[: int(inputs.get("length", 24))]
+
+    def run_command(self, name: str, inputs: dict) -> dict:
+        step = parse_step(inputs.get("stdin", ""))
+        lines = []
+        for key in step.prints:
+            value = fake_public_key(f"{step.node}/{key}") if key == "wgPublicKey" else f"<{key}>"
+            lines.append(f"{key}={value}")
+        return {"stdout": "\n".join(lines) + "\n", "stderr": ""}
+
+    # -- Mocks interface --------------------------------------------------------------------
+    def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str, dict]:
+        with self.lock:
+            self._counter += 1
+            number = self._counter
+        outputs = dict(args.inputs)
+        typ = args.typ
+        if typ == "command:remote:Command":
+            outputs.update(self.run_command(args.name, args.inputs))
+        elif typ == "random:index/randomPassword:RandomPassword":
+            outputs["result"] = self.secret_value(args.name, "password", args.inputs)
+        elif typ == "random:index/randomBytes:RandomBytes":
+            outputs["base64"] = self.secret_value(args.name, "bytes", args.inputs)
+        elif typ == "hcloud:index/primaryIp:PrimaryIp":
+            outputs["ipAddress"] = f"203.0.113.{number % 250 + 1}"
+        elif typ == "aws:ec2/eip:Eip":
+            outputs["publicIp"] = f"198.51.100.{number % 250 + 1}"
+            outputs["allocationId"] = f"eipalloc-{number}"
+        elif typ == "aws:ec2/keyPair:KeyPair":
+            outputs["keyName"] = args.name
+        with self.lock:
+            self.resources.append(Registered(typ, args.name, dict(args.inputs), outputs, number))
+        resource_id = str(number) if typ.startswith("hcloud:") else f"{args.name}-id"
+        return resource_id, outputs
+
+    def call(self, args: pulumi_mocks.MockCallArgs) -> tuple[dict, list]:
+        if args.token == "aws:ec2/getAmi:getAmi":
+            return {"id": "ami-0debian13", "name": "debian-13-amd64-20260101-0000"}, []
+        return {}, []
+
+    # -- views ------------------------------------------------------------------------------
+    def of_type(self, typ: str) -> list[Registered]:
+        return [r for r in sorted(self.resources, key=lambda r: r.order) if r.type == typ]
+
+    def steps(self) -> list[Step]:
+        return [parse_step(r.inputs["stdin"]) for r in self.of_type("command:remote:Command")]
+
+
+def config_for_engine(values: dict[str, Any], placeholders: bool = True) -> tuple[dict[str, str], list[str]]:
+    """Turn stack values into the SDK's config map (objects as JSON) and its secret keys.
+
+    `secure:` values cannot be decrypted without the CLI: they become placeholders, and so do
+    secret keys the file does not hold, so that an offline render needs no credentials.
+    """
+    config: dict[str, str] = {}
+    secret_keys: list[str] = []
+    for key, value in values.items():
+        full = f"{NAMESPACE}:{key}"
+        if isinstance(value, dict) and set(value) == {"secure"}:
+            value = f"<secret:{key}>"
+            secret_keys.append(full)
+        config[full] = value if isinstance(value, str) else json.dumps(value)
+    if placeholders:
+        for key in SECRET_CONFIG_KEYS:
+            full = f"{NAMESPACE}:{key}"
+            if full not in config:
+                config[full] = f"<secret:{key}>"
+                secret_keys.append(full)
+    for key in SECRET_CONFIG_KEYS:
+        full = f"{NAMESPACE}:{key}"
+        if full in config and full not in secret_keys:
+            secret_keys.append(full)
+    return config, secret_keys
+
+
+def run_program(
+    values: dict[str, Any], engine: Engine, stack: str, placeholders: bool = True
+) -> dict[str, Any]:
+    """Run the real program (what __main__.py does) under `engine`; return its stack outputs.
+
+    Raises components.config.ConfigError for a bad stack config before any resource exists.
+    """
+    from components.cluster import AirflowHaCluster
+    from components.config import load_config
+
+    config, secret_keys = config_for_engine(values, placeholders)
+    pulumi.runtime.set_all_config(config, secret_keys)
+    pulumi.runtime.set_mocks(engine, project=NAMESPACE, stack=stack, preview=False)
+    outputs: dict[str, Any] = {}
+
+    def program() -> pulumi.Output:
+        cluster = AirflowHaCluster(load_config())
+        return pulumi.Output.from_input(cluster.outputs).apply(outputs.update)
+
+    pulumi.runtime.test(program)()
+    return outputs
