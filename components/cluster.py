@@ -11,7 +11,9 @@ from .vpn import VpnMesh
 
 class AirflowHaCluster(pulumi.ComponentResource):
     def __init__(self, cfg: ClusterConfig, opts: pulumi.ResourceOptions | None = None):
-        super().__init__("airflow-ha:cluster:AirflowHaCluster", f"airflow-ha-{cfg.stack}", None, opts)
+        super().__init__(
+            "airflow-ha:cluster:AirflowHaCluster", f"airflow-ha-{cfg.stack}", None, opts
+        )
         child = pulumi.ResourceOptions(parent=self)
         self.nodes = Nodes(cfg, child)
         self.mesh = VpnMesh(cfg, self.nodes.nodes, child)
@@ -24,7 +26,12 @@ class AirflowHaCluster(pulumi.ComponentResource):
                     "publicAddress": node.public_address,
                     "meshAddress": node.spec.mesh_address,
                     "ssh": pulumi.Output.concat(
-                        "ssh -p ", str(node.spec.port), " ", node.spec.user, "@", node.public_address
+                        "ssh -p ",
+                        str(node.spec.port),
+                        " ",
+                        node.spec.user,
+                        "@",
+                        node.public_address,
                     ),
                 }
                 for node in self.nodes.nodes

@@ -121,17 +121,20 @@ def _parse_nodes(raw_nodes: Any, mesh_hosts: list[str]) -> tuple[NodeSpec, ...]:
     count = len(raw_nodes)
     if count < 3:
         raise ConfigError(
-            "nodes", f"{count} node(s) given, at least 3 are needed for a quorum",
+            "nodes",
+            f"{count} node(s) given, at least 3 are needed for a quorum",
             "list three nodes (or five) in three regions",
         )
     if count % 2 == 0:
         raise ConfigError(
-            "nodes", f"{count} nodes is an even count: a split leaves no majority",
+            "nodes",
+            f"{count} nodes is an even count: a split leaves no majority",
             "use an odd number of nodes (3 or 5)",
         )
     if len(mesh_hosts) < count:
         raise ConfigError(
-            "meshCidr", f"has room for {len(mesh_hosts)} addresses but there are {count} nodes",
+            "meshCidr",
+            f"has room for {len(mesh_hosts)} addresses but there are {count} nodes",
             "choose a larger meshCidr (e.g. a /24)",
         )
     seen: set[str] = set()
@@ -143,11 +146,14 @@ def _parse_nodes(raw_nodes: Any, mesh_hosts: list[str]) -> tuple[NodeSpec, ...]:
         name = str(_get(item, "name", ""))
         if not DNS_LABEL_RE.match(name):
             raise ConfigError(
-                f"{key}.name", f"{name!r} is not a DNS label",
+                f"{key}.name",
+                f"{name!r} is not a DNS label",
                 "use lower-case letters, digits and '-', starting with a letter, at most 63",
             )
         if name in seen:
-            raise ConfigError(f"{key}.name", f"{name!r} is used twice", "give every node its own name")
+            raise ConfigError(
+                f"{key}.name", f"{name!r} is used twice", "give every node its own name"
+            )
         seen.add(name)
         cloud = _get(item, "cloud", "")
         common = {"name": name, "cloud": cloud, "mesh_address": mesh_hosts[index]}
@@ -155,7 +161,8 @@ def _parse_nodes(raw_nodes: Any, mesh_hosts: list[str]) -> tuple[NodeSpec, ...]:
             location = _get(item, "location", "")
             if location not in HCLOUD_LOCATIONS:
                 raise ConfigError(
-                    f"{key}.location", f"{location!r} is not a Hetzner Cloud location",
+                    f"{key}.location",
+                    f"{location!r} is not a Hetzner Cloud location",
                     f"use one of {', '.join(HCLOUD_LOCATIONS)}",
                 )
             nodes.append(NodeSpec(**common, location=location, size=_get(item, "size", "cx22")))
@@ -163,24 +170,30 @@ def _parse_nodes(raw_nodes: Any, mesh_hosts: list[str]) -> tuple[NodeSpec, ...]:
             region = _get(item, "region", "")
             if not AWS_REGION_RE.match(str(region)):
                 raise ConfigError(
-                    f"{key}.region", f"{region!r} is not an AWS region",
+                    f"{key}.region",
+                    f"{region!r} is not an AWS region",
                     "use a region code such as eu-central-1",
                 )
             nodes.append(
-                NodeSpec(**common, region=region, size=_get(item, "size", "t3.medium"), user="admin")
+                NodeSpec(
+                    **common, region=region, size=_get(item, "size", "t3.medium"), user="admin"
+                )
             )
         elif cloud == "static":
             host = _get(item, "host", "")
             if not host:
                 raise ConfigError(
-                    f"{key}.host", "a static node needs the address of the existing server",
+                    f"{key}.host",
+                    "a static node needs the address of the existing server",
                     "set host to its public (reachable) address",
                 )
             port = _as_int(_get(item, "port", 22), f"{key}.port", "give the SSH port as a number")
             user = str(_get(item, "user", "root"))
             nodes.append(NodeSpec(**common, host=str(host), user=user, port=port))
         else:
-            raise ConfigError(f"{key}.cloud", f"{cloud!r} is not a known cloud", f"use one of {', '.join(CLOUDS)}")
+            raise ConfigError(
+                f"{key}.cloud", f"{cloud!r} is not a known cloud", f"use one of {', '.join(CLOUDS)}"
+            )
     return tuple(nodes)
 
 
@@ -189,9 +202,13 @@ def _parse_network(raw: Mapping[str, Any], key: str, default: str) -> ipaddress.
     try:
         network = ipaddress.ip_network(value, strict=True)
     except ValueError:
-        raise ConfigError(key, f"{value!r} is not a network CIDR", "write it like 10.42.0.0/24") from None
+        raise ConfigError(
+            key, f"{value!r} is not a network CIDR", "write it like 10.42.0.0/24"
+        ) from None
     if not isinstance(network, ipaddress.IPv4Network) or not network.is_private:
-        raise ConfigError(key, f"{value} is not a private IPv4 network", "use a range from 10.0.0.0/8")
+        raise ConfigError(
+            key, f"{value} is not a private IPv4 network", "use a range from 10.0.0.0/8"
+        )
     return network
 
 
@@ -203,19 +220,29 @@ def _parse_patroni(raw: Any) -> PatroniSettings:
     loop_wait = _as_int(_get(raw, "loopWait", defaults.loop_wait), "patroni.loopWait", fix)
     retry = _as_int(_get(raw, "retryTimeout", defaults.retry_timeout), "patroni.retryTimeout", fix)
     if ttl < 20:
-        raise ConfigError("patroni.ttl", f"{ttl} is below 20, which Patroni 4 raises to 20", "set ttl to 20 or more")
+        raise ConfigError(
+            "patroni.ttl",
+            f"{ttl} is below 20, which Patroni 4 raises to 20",
+            "set ttl to 20 or more",
+        )
     if loop_wait < 1:
-        raise ConfigError("patroni.loopWait", f"{loop_wait} is below 1", "set loopWait to 1 or more")
+        raise ConfigError(
+            "patroni.loopWait", f"{loop_wait} is below 1", "set loopWait to 1 or more"
+        )
     if retry < 3:
-        raise ConfigError("patroni.retryTimeout", f"{retry} is below 3", "set retryTimeout to 3 or more")
+        raise ConfigError(
+            "patroni.retryTimeout", f"{retry} is below 3", "set retryTimeout to 3 or more"
+        )
     if loop_wait + 2 * retry > ttl:
         raise ConfigError(
-            "patroni", f"loopWait + 2*retryTimeout = {loop_wait + 2 * retry} exceeds ttl = {ttl}",
+            "patroni",
+            f"loopWait + 2*retryTimeout = {loop_wait + 2 * retry} exceeds ttl = {ttl}",
             "raise ttl or lower loopWait/retryTimeout so that loopWait + 2*retryTimeout <= ttl",
         )
     lag = _as_int(
         _get(raw, "maximumLagOnFailover", defaults.maximum_lag_on_failover),
-        "patroni.maximumLagOnFailover", "give a number of bytes",
+        "patroni.maximumLagOnFailover",
+        "give a number of bytes",
     )
     return PatroniSettings(
         ttl=ttl,
@@ -235,7 +262,8 @@ def parse_config(raw: Mapping[str, Any], stack: str = "dev") -> ClusterConfig:
     admin_cidrs = raw.get("adminCidrs")
     if not admin_cidrs or not isinstance(admin_cidrs, list):
         raise ConfigError(
-            "adminCidrs", "is empty: nobody could reach SSH",
+            "adminCidrs",
+            "is empty: nobody could reach SSH",
             "list the networks of your admins, e.g. [203.0.113.0/24]",
         )
     for cidr in admin_cidrs:
@@ -243,26 +271,31 @@ def parse_config(raw: Mapping[str, Any], stack: str = "dev") -> ClusterConfig:
             ipaddress.ip_network(str(cidr), strict=True)
         except ValueError:
             raise ConfigError(
-                "adminCidrs", f"{cidr!r} is not a CIDR", "write each entry like 203.0.113.7/32",
+                "adminCidrs",
+                f"{cidr!r} is not a CIDR",
+                "write each entry like 203.0.113.7/32",
             ) from None
 
     cloud_nodes = [n for n in nodes if n.cloud != "static"]
     public_key = raw.get("sshPublicKey")
     if cloud_nodes and not public_key:
         raise ConfigError(
-            "sshPublicKey", "is missing: new servers would accept no key",
-            "pulumi config set sshPublicKey \"$(cat ~/.ssh/id_ed25519.pub)\"",
+            "sshPublicKey",
+            "is missing: new servers would accept no key",
+            'pulumi config set sshPublicKey "$(cat ~/.ssh/id_ed25519.pub)"',
         )
     if raw.get("sshPrivateKey") is None:
         raise ConfigError(
-            "sshPrivateKey", "is missing: the deploy steps log in with it",
+            "sshPrivateKey",
+            "is missing: the deploy steps log in with it",
             "pulumi config set --secret sshPrivateKey < ~/.ssh/id_ed25519",
         )
 
     aws_vpc = _parse_network(raw, "awsVpcCidr", DEFAULT_AWS_VPC_CIDR)
     if any(n.cloud == "aws" for n in nodes) and aws_vpc.overlaps(mesh):
         raise ConfigError(
-            "awsVpcCidr", f"{aws_vpc} overlaps meshCidr {mesh}",
+            "awsVpcCidr",
+            f"{aws_vpc} overlaps meshCidr {mesh}",
             "pick two ranges that do not overlap (defaults: 10.80.0.0/16 and 10.42.0.0/24)",
         )
     for node in nodes:
@@ -273,35 +306,44 @@ def parse_config(raw: Mapping[str, Any], stack: str = "dev") -> ClusterConfig:
                 inside = False  # a DNS name
             if inside:
                 raise ConfigError(
-                    "meshCidr", f"{mesh} overlaps node {node.name}'s address {node.host}",
+                    "meshCidr",
+                    f"{mesh} overlaps node {node.name}'s address {node.host}",
                     "pick a meshCidr that no node address falls in",
                 )
 
     airflow_version = str(_get(raw, "airflowVersion", "3.3.2"))
     if not AIRFLOW_VERSION_RE.match(airflow_version):
         raise ConfigError(
-            "airflowVersion", f"{airflow_version!r} is not an Airflow 3.x.y version",
+            "airflowVersion",
+            f"{airflow_version!r} is not an Airflow 3.x.y version",
             "pin an Airflow 3 release, e.g. 3.3.2",
         )
     postgres_version = _as_int(_get(raw, "postgresVersion", 17), "postgresVersion", "use 17")
     if postgres_version not in SUPPORTED_POSTGRES:
         raise ConfigError(
-            "postgresVersion", f"{postgres_version} is not packaged by Debian 13",
+            "postgresVersion",
+            f"{postgres_version} is not packaged by Debian 13",
             f"use one of {SUPPORTED_POSTGRES}",
         )
     dag_sync = str(_get(raw, "dagSync", "csync2"))
     if dag_sync not in DAG_SYNC_MODES:
-        raise ConfigError("dagSync", f"{dag_sync!r} is not a known mode", f"use one of {DAG_SYNC_MODES}")
+        raise ConfigError(
+            "dagSync", f"{dag_sync!r} is not a known mode", f"use one of {DAG_SYNC_MODES}"
+        )
     consumer_timeout = _as_int(
-        _get(raw, "rabbitmqConsumerTimeoutMs", 86_400_000), "rabbitmqConsumerTimeoutMs",
+        _get(raw, "rabbitmqConsumerTimeoutMs", 86_400_000),
+        "rabbitmqConsumerTimeoutMs",
         "give milliseconds, longer than your longest task",
     )
     if consumer_timeout < 60_000:
         raise ConfigError(
-            "rabbitmqConsumerTimeoutMs", f"{consumer_timeout} ms would kill long tasks' channels",
+            "rabbitmqConsumerTimeoutMs",
+            f"{consumer_timeout} ms would kill long tasks' channels",
             "use at least 60000 (1 min); the default is one day",
         )
-    concurrency = _as_int(_get(raw, "celeryWorkerConcurrency", 8), "celeryWorkerConcurrency", "give a number")
+    concurrency = _as_int(
+        _get(raw, "celeryWorkerConcurrency", 8), "celeryWorkerConcurrency", "give a number"
+    )
     if concurrency < 1:
         raise ConfigError("celeryWorkerConcurrency", f"{concurrency} is below 1", "use 1 or more")
 
@@ -327,8 +369,16 @@ def parse_config(raw: Mapping[str, Any], stack: str = "dev") -> ClusterConfig:
 # Keys whose values are objects (pulumi stores them as JSON strings).
 _OBJECT_KEYS = ("nodes", "adminCidrs", "patroni")
 _PLAIN_KEYS = (
-    "meshCidr", "awsVpcCidr", "sshPublicKey", "airflowVersion", "postgresVersion", "dagSync",
-    "publicUi", "rabbitmqConsumerTimeoutMs", "airflowAdminUser", "celeryWorkerConcurrency",
+    "meshCidr",
+    "awsVpcCidr",
+    "sshPublicKey",
+    "airflowVersion",
+    "postgresVersion",
+    "dagSync",
+    "publicUi",
+    "rabbitmqConsumerTimeoutMs",
+    "airflowAdminUser",
+    "celeryWorkerConcurrency",
 )
 
 

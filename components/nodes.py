@@ -30,19 +30,25 @@ def ingress_rules(cfg: ClusterConfig, peer_addresses: Sequence[pulumi.Input[str]
         {
             "protocol": "udp",
             "port": cfg.wireguard_port,
-            "sources": [pulumi.Output.from_input(a).apply(lambda ip: f"{ip}/32") for a in peer_addresses],
+            "sources": [
+                pulumi.Output.from_input(a).apply(lambda ip: f"{ip}/32") for a in peer_addresses
+            ],
             "why": "WireGuard from the other nodes",
         },
     ]
     if cfg.public_ui:
-        rules.append({"protocol": "tcp", "port": UI_PORT, "sources": ["0.0.0.0/0"], "why": "Airflow UI"})
+        rules.append(
+            {"protocol": "tcp", "port": UI_PORT, "sources": ["0.0.0.0/0"], "why": "Airflow UI"}
+        )
     return rules
 
 
 class Node(pulumi.ComponentResource):
     """One node. Built in two phases: the address (so peers can name it), then the machine."""
 
-    def __init__(self, spec: NodeSpec, cfg: ClusterConfig, opts: pulumi.ResourceOptions | None = None):
+    def __init__(
+        self, spec: NodeSpec, cfg: ClusterConfig, opts: pulumi.ResourceOptions | None = None
+    ):
         super().__init__("airflow-ha:nodes:Node", spec.name, None, opts)
         self.spec = spec
         self.cfg = cfg
@@ -83,7 +89,9 @@ class Node(pulumi.ComponentResource):
         self.base: pulumi.Resource | None = None
 
     # --- phase 2 -------------------------------------------------------------------------
-    def provision(self, peer_addresses: Sequence[pulumi.Input[str]], hcloud_key: pulumi.Resource | None) -> None:
+    def provision(
+        self, peer_addresses: Sequence[pulumi.Input[str]], hcloud_key: pulumi.Resource | None
+    ) -> None:
         rules = ingress_rules(self.cfg, peer_addresses)
         if self.spec.cloud == "hcloud":
             self.server = self._hcloud_server(rules, hcloud_key)
@@ -160,10 +168,16 @@ class Node(pulumi.ComponentResource):
         spec = self.spec
         provider = self._provider
         opts = pulumi.ResourceOptions(parent=self, provider=provider)
-        tags = {"Name": f"airflow-ha-{self.cfg.stack}-{spec.name}", "cluster": f"airflow-ha-{self.cfg.stack}"}
+        tags = {
+            "Name": f"airflow-ha-{self.cfg.stack}-{spec.name}",
+            "cluster": f"airflow-ha-{self.cfg.stack}",
+        }
         vpc = aws.ec2.Vpc(
-            f"{spec.name}-vpc", cidr_block=self.cfg.aws_vpc_cidr, enable_dns_hostnames=True,
-            tags=tags, opts=opts,
+            f"{spec.name}-vpc",
+            cidr_block=self.cfg.aws_vpc_cidr,
+            enable_dns_hostnames=True,
+            tags=tags,
+            opts=opts,
         )
         subnet_cidr = self.cfg.aws_vpc_cidr.rsplit("/", 1)[0] + "/24"
         subnet = aws.ec2.Subnet(
@@ -196,7 +210,10 @@ class Node(pulumi.ComponentResource):
             ],
             egress=[
                 aws.ec2.SecurityGroupEgressArgs(
-                    protocol="-1", from_port=0, to_port=0, cidr_blocks=["0.0.0.0/0"],
+                    protocol="-1",
+                    from_port=0,
+                    to_port=0,
+                    cidr_blocks=["0.0.0.0/0"],
                     description="updates, packages and the mesh",
                 )
             ],

@@ -84,17 +84,18 @@ class NodeAccess:
 def _file_block(f: RemoteFile, content: str) -> str:
     if not content.endswith("\n"):
         content += "\n"
-    return (
-        f"put_file {f.path} {f.mode} {f.owner} <<'{FILE_DELIMITER}'\n"
-        f"{content}{FILE_DELIMITER}\n"
-    )
+    return f"put_file {f.path} {f.mode} {f.owner} <<'{FILE_DELIMITER}'\n{content}{FILE_DELIMITER}\n"
 
 
-def _assemble(step: str, node: str, files: Sequence[RemoteFile], contents: Sequence[str], body: str,
-              outputs: Sequence[str]) -> str:
-    prelude = render(
-        "common/prelude.sh.j2", {"step": step, "node": node, "outputs": list(outputs)}
-    )
+def _assemble(
+    step: str,
+    node: str,
+    files: Sequence[RemoteFile],
+    contents: Sequence[str],
+    body: str,
+    outputs: Sequence[str],
+) -> str:
+    prelude = render("common/prelude.sh.j2", {"step": step, "node": node, "outputs": list(outputs)})
     blocks = "".join(_file_block(f, c) for f, c in zip(files, contents, strict=True))
     return prelude + blocks + "\n# --- step ---\n" + body
 

@@ -14,7 +14,9 @@ from .remote import RemoteFile, render, render_output, run_step, step_output
 
 
 class VpnMesh(pulumi.ComponentResource):
-    def __init__(self, cfg: ClusterConfig, nodes: list[Node], opts: pulumi.ResourceOptions | None = None):
+    def __init__(
+        self, cfg: ClusterConfig, nodes: list[Node], opts: pulumi.ResourceOptions | None = None
+    ):
         super().__init__("airflow-ha:vpn:VpnMesh", "mesh", None, opts)
         hosts = render("vpn/hosts.j2", {"nodes": cfg.nodes})
 
@@ -71,14 +73,20 @@ class VpnMesh(pulumi.ComponentResource):
         self.ready: dict[str, pulumi.Resource] = {}
         for node in nodes:
             peers = [
-                {"name": o.spec.name, "mesh_address": o.spec.mesh_address} for o in nodes if o is not node
+                {"name": o.spec.name, "mesh_address": o.spec.mesh_address}
+                for o in nodes
+                if o is not node
             ]
             self.ready[node.spec.name] = run_step(
                 "wireguard-check",
                 node.access,
                 render(
                     "vpn/check.sh.j2",
-                    {"node": node.spec.name, "mesh_address": node.spec.mesh_address, "peers": peers},
+                    {
+                        "node": node.spec.name,
+                        "mesh_address": node.spec.mesh_address,
+                        "peers": peers,
+                    },
                 ),
                 parent=self,
                 depends_on=configured,

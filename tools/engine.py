@@ -19,6 +19,7 @@ from typing import Any
 import pulumi
 import yaml
 from pulumi.runtime import mocks as pulumi_mocks
+from pulumi.runtime import rpc
 
 from components.config import NAMESPACE
 
@@ -36,13 +37,34 @@ FILE_BLOCK = re.compile(
 
 @dataclass
 class Registered:
-    """One resource the program registered, in registration order."""
+    """One resource the program registered, in registration order.
+
+    `inputs` are plain values; `secret_inputs` the dotted paths of those that were secrets.
+    """
 
     type: str
     name: str
     inputs: dict
     outputs: dict
     order: int
+    secret_inputs: set[str] = field(default_factory=set)
+
+
+def unwrap_secrets(
+    value: Any, path: str = "", found: set[str] | None = None
+) -> tuple[Any, set[str]]:
+    """Plain values from the SDK's wire form, and where its secrets were."""
+    found = set() if found is None else found
+    if rpc.is_rpc_secret(value):
+        found.add(path)
+        return unwrap_secrets(rpc.unwrap_rpc_secret(value), path, found)[0], found
+    if isinstance(value, dict):
+        return {
+            k: unwrap_secrets(v, f"{path}.{k}" if path else k, found)[0] for k, v in value.items()
+        }, found
+    if isinstance(value, list):
+        return [unwrap_secrets(v, f"{path}[{i}]", found)[0] for i, v in enumerate(value)], found
+    return value, found
 
 
 @dataclass
@@ -65,7 +87,9 @@ def parse_step(script: str) -> Step:
         node=header["node"],
         step=header["step"],
         script=script,
-        files=[(m["path"], m["mode"], m["owner"], m["content"]) for m in FILE_BLOCK.finditer(script)],
+        files=[
+            (m["path"], m["mode"], m["owner"], m["content"]) for m in FILE_BLOCK.finditer(script)
+        ],
         prints=prints["keys"].split() if prints else [],
     )
 
@@ -93,19 +117,44 @@ def fake_public_key(name: str) -> str:
     return base64.b64encode(hashlib.sha256(name.encode()).digest()).decode()
 
 
+def _host_byte(name: str) -> int:
+    """A stable last address byte per resource name (documentation ranges only)."""
+    return hashlib.sha256(name.encode()).digest()[0] % 250 + 1
+
+
+class _ParentRecordingMonitor(pulumi_mocks.MockMonitor):
+    """The SDK's mock monitor, remembering each resource's parent for the resource tree."""
+
+    def RegisterResource(self, request):
+        if request.type != "pulumi:pulumi:Stack":
+            parent_key = ""
+            if request.parent:
+                qualified_type, parent_name = request.parent.split("::")[-2:]
+                parent_type = qualified_type.split("$")[-1]
+                if parent_type != "pulumi:pulumi:Stack":
+                    parent_key = f"{parent_type}::{parent_name}"
+            with self.mocks.lock:
+                self.mocks.parents[(request.type, request.name)] = parent_key
+        return super().RegisterResource(request)
+
+
 class Engine(pulumi_mocks.Mocks):
     """Records every resource; answers with plausible outputs. Subclasses change the answers."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.resources: list[Registered] = []
+        self.parents: dict[tuple[str, str], str] = {}  # (type, name) -> "parent-type::name"
         self._counter = 0
 
     # -- answers per resource type ---------------------------------------------------------
     def secret_value(self, name: str, kind: str, inputs: dict) -> str:
         if kind == "bytes":
             return base64.b64encode(hashlib.sha256(name.encode()).digest()).decode()
-        return f"test-{name}-" + hashlib.sha256(name.encode()).hexdigest()[: int(inputs.get("length", 24))]
+        return (
+            f"test-{name}-"
+            + hashlib.sha256(name.encode()).hexdigest()[: int(inputs.get("length", 24))]
+        )
 
     def run_command(self, name: str, inputs: dict) -> dict:
         step = parse_step(inputs.get("stdin", ""))
@@ -120,23 +169,26 @@ class Engine(pulumi_mocks.Mocks):
         with self.lock:
             self._counter += 1
             number = self._counter
-        outputs = dict(args.inputs)
+        outputs = dict(args.inputs)  # secrets stay wrapped, so outputs stay secret
+        inputs, secret_paths = unwrap_secrets(dict(args.inputs))
         typ = args.typ
         if typ == "command:remote:Command":
-            outputs.update(self.run_command(args.name, args.inputs))
+            outputs.update(self.run_command(args.name, inputs))
         elif typ == "random:index/randomPassword:RandomPassword":
-            outputs["result"] = self.secret_value(args.name, "password", args.inputs)
+            outputs["result"] = rpc.wrap_rpc_secret(
+                self.secret_value(args.name, "password", inputs)
+            )
         elif typ == "random:index/randomBytes:RandomBytes":
-            outputs["base64"] = self.secret_value(args.name, "bytes", args.inputs)
+            outputs["base64"] = rpc.wrap_rpc_secret(self.secret_value(args.name, "bytes", inputs))
         elif typ == "hcloud:index/primaryIp:PrimaryIp":
-            outputs["ipAddress"] = f"203.0.113.{number % 250 + 1}"
+            outputs["ipAddress"] = f"203.0.113.{_host_byte(args.name)}"
         elif typ == "aws:ec2/eip:Eip":
-            outputs["publicIp"] = f"198.51.100.{number % 250 + 1}"
+            outputs["publicIp"] = f"198.51.100.{_host_byte(args.name)}"
             outputs["allocationId"] = f"eipalloc-{number}"
         elif typ == "aws:ec2/keyPair:KeyPair":
             outputs["keyName"] = args.name
         with self.lock:
-            self.resources.append(Registered(typ, args.name, dict(args.inputs), outputs, number))
+            self.resources.append(Registered(typ, args.name, inputs, outputs, number, secret_paths))
         resource_id = str(number) if typ.startswith("hcloud:") else f"{args.name}-id"
         return resource_id, outputs
 
@@ -153,7 +205,9 @@ class Engine(pulumi_mocks.Mocks):
         return [parse_step(r.inputs["stdin"]) for r in self.of_type("command:remote:Command")]
 
 
-def config_for_engine(values: dict[str, Any], placeholders: bool = True) -> tuple[dict[str, str], list[str]]:
+def config_for_engine(
+    values: dict[str, Any], placeholders: bool = True
+) -> tuple[dict[str, str], list[str]]:
     """Turn stack values into the SDK's config map (objects as JSON) and its secret keys.
 
     `secure:` values cannot be decrypted without the CLI: they become placeholders, and so do
@@ -192,7 +246,13 @@ def run_program(
 
     config, secret_keys = config_for_engine(values, placeholders)
     pulumi.runtime.set_all_config(config, secret_keys)
-    pulumi.runtime.set_mocks(engine, project=NAMESPACE, stack=stack, preview=False)
+    pulumi.runtime.set_mocks(
+        engine,
+        project=NAMESPACE,
+        stack=stack,
+        preview=False,
+        monitor=_ParentRecordingMonitor(engine),
+    )
     outputs: dict[str, Any] = {}
 
     def program() -> pulumi.Output:

@@ -1,0 +1,44 @@
+"""Shared fixtures: the real program run under the engine double (tools.engine)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tools.engine import Engine, load_stack_file, run_program, stack_path
+
+
+def stack_values(stack: str) -> dict[str, Any]:
+    """The committed stack file's values, with a placeholder private key."""
+    values = load_stack_file(stack_path(stack))
+    values.setdefault("sshPrivateKey", "-----BEGIN OPENSSH PRIVATE KEY-----\ntest\n")
+    if stack == "local":
+        values.setdefault("sshPublicKey", "ssh-ed25519 AAAAtest local")
+    return values
+
+
+@pytest.fixture
+def values() -> Callable[..., dict[str, Any]]:
+    """values(stack, **overrides): a mutable copy of a committed stack's config."""
+
+    def make(stack: str = "dev", **overrides: Any) -> dict[str, Any]:
+        result = copy.deepcopy(stack_values(stack))
+        result.update(overrides)
+        return result
+
+    return make
+
+
+@pytest.fixture
+def deploy() -> Callable[..., tuple[Engine, dict[str, Any]]]:
+    """deploy(values, stack): run the program under a recording engine; (engine, outputs)."""
+
+    def run(config: dict[str, Any], stack: str = "dev", engine: Engine | None = None):
+        engine = engine or Engine()
+        outputs = run_program(config, engine, stack)
+        return engine, outputs
+
+    return run
