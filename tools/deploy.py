@@ -273,4 +273,8 @@ def _public(outputs: dict[str, Any]) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The SDK's event loop may still hold threads of steps that were stopped by a failure.
+    os._exit(code)

@@ -122,9 +122,8 @@ def _apt_entries() -> list[tuple[str, list[str], list[str]]]:
                 if fields.get("enabled", "yes").lower() == "no":
                     continue
                 for uri in fields.get("uris", "").split():
-                    entries.append(
-                        (uri, fields.get("suites", "").split(), fields.get("components", "").split())
-                    )
+                    suites = fields.get("suites", "").split()
+                    entries.append((uri, suites, fields.get("components", "").split()))
         elif path.name == "sources.list" or path.suffix == ".list":
             for line in text.splitlines():
                 line = re.sub(r"\[[^]]*\]", "", line.split("#", 1)[0]).split()

@@ -159,9 +159,8 @@ def partition(machine: Machine) -> None:
 
 def heal(machine: Machine) -> None:
     if machine.veth in partitioned():
-        run(
-            ["nft", "delete", "element", "bridge", PARTITION_TABLE, "cut", f'{{ "{machine.veth}" }}']
-        )
+        element = f'{{ "{machine.veth}" }}'
+        run(["nft", "delete", "element", "bridge", PARTITION_TABLE, "cut", element])
     if nft_table_exists("bridge", PARTITION_TABLE) and not partitioned():
         partitions_down()
 

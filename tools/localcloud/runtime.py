@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
+import shutil
 import signal
 import stat
 import subprocess
@@ -29,6 +31,9 @@ from .util import LocalCloudError, log, run, wait_until, warn
 MACHINES_DIR = STATE_DIR / "machines"
 CGROUP_NAME = "airflow-ha-localcloud"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+# systemd-nspawn keeps a lock file per image and a mount-propagation directory per machine here;
+# on hosts where /run is not a tmpfs they outlive the machine unless removed.
+NSPAWN_RUN = Path("/run/systemd/nspawn")
 BOOT_TIMEOUT = 180.0
 STOP_TIMEOUT = 60.0
 
@@ -88,6 +93,18 @@ class Paths:
         return self.dir / "nspawn.pid"
 
     @property
+    def lock_record(self) -> Path:
+        return self.dir / "nspawn-lock"
+
+    @property
+    def local_lock(self) -> Path:
+        return self.dir / ".#root.lck"
+
+    @property
+    def propagate_dir(self) -> Path:
+        return NSPAWN_RUN / "propagate" / self.machine.name
+
+    @property
     def console_log(self) -> Path:
         return self.dir / "console.log"
 
@@ -139,7 +156,9 @@ def ssh_ok(machine: Machine, timeout: int = 3) -> bool:
     return run(argv, check=False, timeout=timeout + 5).returncode == 0
 
 
-def ssh_output(machine: Machine, command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def ssh_output(
+    machine: Machine, command: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     return run(ssh_command(machine, command), check=False, timeout=timeout)
 
 
@@ -277,6 +296,8 @@ def launch(machine: Machine) -> None:
     if not is_mounted(paths.root):
         options = f"lowerdir={BASE_DIR},upperdir={paths.upper},workdir={paths.work}"
         run(["mount", "-t", "overlay", "overlay", "-o", options, str(paths.root)])
+    info = paths.root.stat()  # systemd-nspawn names its image lock after the root's inode
+    paths.lock_record.write_text(f"inode-{info.st_dev}:{info.st_ino}\n", encoding="ascii")
     for cgroup in paths.cgroups:
         cgroup.mkdir(parents=True, exist_ok=True)
     paths.supervisor.write_text(_supervisor_script(machine), encoding="utf-8")
@@ -345,10 +366,8 @@ def _kill_cgroup(cgroup: Path) -> None:
         return
     for procs in cgroup.rglob("cgroup.procs"):  # kernels before 5.14
         for pid in procs.read_text(encoding="ascii").split():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pid), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def power_off(machine: Machine, kill: bool, timeout: float = STOP_TIMEOUT) -> None:
@@ -360,10 +379,8 @@ def power_off(machine: Machine, kill: bool, timeout: float = STOP_TIMEOUT) -> No
     if kill or nspawn_pid is None:
         _kill_cgroup(paths.unified_cgroup)
     else:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(nspawn_pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
         if not wait_until(lambda: not is_running(machine), timeout):
             warn(f"{machine.name}: no clean poweroff within {timeout:.0f}s; killing it")
             _kill_cgroup(paths.unified_cgroup)
@@ -374,8 +391,9 @@ def power_off(machine: Machine, kill: bool, timeout: float = STOP_TIMEOUT) -> No
 def _remove_cgroup_tree(top: Path) -> None:
     if not top.is_dir():
         return
-    for directory in sorted((p for p in top.rglob("*") if p.is_dir()), reverse=True):
-        directory.rmdir()  # depth-first: children sort after their parents
+    children = [p for p in top.rglob("*") if p.is_dir()]
+    for directory in sorted(children, key=lambda p: len(p.parts), reverse=True):
+        directory.rmdir()  # depth-first: systemd inside leaves nested cgroups behind
     top.rmdir()
 
 
@@ -399,6 +417,32 @@ def cleanup(machine: Machine) -> None:
     delete_link(machine.veth)
     paths.wrapper_pid.unlink(missing_ok=True)
     paths.nspawn_pid.unlink(missing_ok=True)
+    _remove_nspawn_leftovers(paths)
+
+
+def _remove_nspawn_leftovers(paths: Paths) -> None:
+    """Lock files and the propagation directory a killed systemd-nspawn leaves behind."""
+    try:
+        lock_name = paths.lock_record.read_text(encoding="ascii").strip()
+    except OSError:
+        lock_name = ""
+    if lock_name.startswith("inode-"):
+        (NSPAWN_RUN / "locks" / lock_name).unlink(missing_ok=True)
+    paths.lock_record.unlink(missing_ok=True)
+    paths.local_lock.unlink(missing_ok=True)
+    if paths.propagate_dir.is_dir():
+        inside = [p for p in mount_points() if paths.propagate_dir in p.parents]
+        if inside:
+            warn(f"not removing {paths.propagate_dir}: mounts inside ({inside[0]})")
+        else:
+            shutil.rmtree(paths.propagate_dir)
+
+
+def remove_nspawn_run_dirs() -> None:
+    """Remove systemd-nspawn's runtime directories once nothing is left in them."""
+    for directory in (NSPAWN_RUN / "locks", NSPAWN_RUN / "propagate", NSPAWN_RUN):
+        with contextlib.suppress(OSError):
+            directory.rmdir()
 
 
 def remove_cgroup_tops() -> None:
