@@ -1,0 +1,28 @@
+# airflow-ha developer commands. Run `make help` for the list.
+STACK ?= dev
+PY := .venv/bin/python
+
+.PHONY: help setup test render local-up local-down test-cluster drills
+
+help:
+	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
+
+setup: ## host packages (as root) and the Python venv in .venv
+	bash tools/setup.sh
+
+test: ## lint and the offline tests (mocks, rendered files checked by real tools)
+	.venv/bin/ruff check .
+	.venv/bin/pytest
+
+render: ## write what every node of STACK would get into out/STACK (no cloud, no CLI)
+	$(PY) -m tools.render --stack $(STACK) --out out/$(STACK)
+
+local-up: ## three local Debian 13 machines, then deploy the local stack onto them
+	python3 -m tools.localcloud up
+	$(PY) -m tools.deploy --stack local
+
+test-cluster: local-up ## the real-daemon tests on the local machines (root)
+	.venv/bin/pytest -m cluster tests/cluster
+
+local-down: ## stop the local machines and remove everything they added to the host
+	python3 -m tools.localcloud down

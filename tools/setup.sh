@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# One-command setup: host packages (when run as root on Debian) and the Python venv in .venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  # debootstrap/systemd-container/nftables: the local machines; haproxy, shellcheck and
+  # wireguard-tools: checks of rendered files by the real tools. No recommends: wireguard-tools
+  # would pull in a kernel.
+  packages=(debootstrap systemd-container nftables haproxy shellcheck wireguard-tools openssh-client make)
+  missing=()
+  for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+  fi
+else
+  echo "not root: skipping host packages (the local machines and some checks need them)" >&2
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt
+echo "setup done: .venv ready"
