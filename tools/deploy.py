@@ -263,13 +263,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(engine.skipped)} skipped (unchanged)",
         flush=True,
     )
-    (STATE_DIR / f"{args.stack}.outputs.json").write_text(json.dumps(_public(outputs), indent=1))
+    shown = {k: "[secret]" if k in engine.secret_outputs else v for k, v in outputs.items()}
+    (STATE_DIR / f"{args.stack}.outputs.json").write_text(json.dumps(shown, indent=1))
     return 0
-
-
-def _public(outputs: dict[str, Any]) -> dict[str, Any]:
-    """Outputs without secret values (those are in the state file only)."""
-    return {k: v for k, v in outputs.items() if "password" not in k.lower()}
 
 
 if __name__ == "__main__":

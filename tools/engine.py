@@ -7,6 +7,7 @@ have resolved, so a subclass that really runs a step keeps the engine's order an
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -145,6 +146,7 @@ class Engine(pulumi_mocks.Mocks):
         self.lock = threading.Lock()
         self.resources: list[Registered] = []
         self.parents: dict[tuple[str, str], str] = {}  # (type, name) -> "parent-type::name"
+        self.secret_outputs: set[str] = set()  # stack outputs that are secrets
         self._counter = 0
 
     # -- answers per resource type ---------------------------------------------------------
@@ -254,10 +256,17 @@ def run_program(
         monitor=_ParentRecordingMonitor(engine),
     )
     outputs: dict[str, Any] = {}
+    engine.secret_outputs = set()
 
-    def program() -> pulumi.Output:
-        cluster = AirflowHaCluster(load_config())
-        return pulumi.Output.from_input(cluster.outputs).apply(outputs.update)
+    async def collect(cluster: AirflowHaCluster) -> None:
+        for key, value in cluster.outputs.items():
+            output = pulumi.Output.from_input(value)
+            outputs[key] = await output.future()
+            if await output.is_secret():
+                engine.secret_outputs.add(key)
+
+    def program() -> Any:
+        return asyncio.ensure_future(collect(AirflowHaCluster(load_config())))
 
     pulumi.runtime.test(program)()
     return outputs

@@ -6,6 +6,7 @@ what each node would get, in the order the steps would run:
     DIR/<node>/NN-<step>.sh          the step's whole script
     DIR/<node>/NN-<step>/<path>      each file the step writes, at its path on the node
     DIR/resources.txt                the resource tree: type, name, parent
+    DIR/outputs.json                 the stack outputs (secret ones shown as [secret])
 
 Secrets appear as placeholders (<secret:...>), never as values.
 """
@@ -13,6 +14,7 @@ Secrets appear as placeholders (<secret:...>), never as values.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
@@ -85,11 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     values = load_stack_file(path)
     engine = RenderEngine()
     try:
-        run_program(values, engine, args.stack)
+        outputs = run_program(values, engine, args.stack)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     files = write_render(engine, args.out)
+    shown = {k: "[secret]" if k in engine.secret_outputs else v for k, v in outputs.items()}
+    (args.out / "outputs.json").write_text(json.dumps(shown, indent=1) + "\n")
     steps = len(engine.steps())
     print(
         f"rendered stack {args.stack}: {len(engine.resources)} resources, {steps} steps, "
