@@ -103,6 +103,7 @@ class Node(pulumi.ComponentResource):
             user=self.spec.user,
             port=self.spec.port,
             private_key=self.cfg.ssh_private_key,
+            instance=self.server.id if self.server else None,
         )
         self.base = run_step(
             "base",

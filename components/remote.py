@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +68,8 @@ class NodeAccess:
     user: str
     port: int
     private_key: pulumi.Input[str]
-    extra: dict = field(default_factory=dict)
+    # The machine's identity (server id): a replaced server re-runs every step on it.
+    instance: pulumi.Input[str] | None = None
 
     def connection(self) -> command.remote.ConnectionArgs:
         return command.remote.ConnectionArgs(
@@ -125,7 +126,7 @@ def run_step(
         connection=node.connection(),
         create=run_as,
         stdin=script,
-        triggers=[digest],
+        triggers=[digest] if node.instance is None else [digest, node.instance],
         opts=pulumi.ResourceOptions(
             parent=parent,
             depends_on=list(depends_on),

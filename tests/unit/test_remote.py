@@ -104,3 +104,13 @@ def _gid() -> int:
     import os
 
     return os.getgid()
+
+
+def test_a_replaced_server_reruns_its_steps(values, deploy) -> None:
+    """Each step's triggers hold its server's id: a new server means every step runs again."""
+    engine, _ = deploy(values("dev"))
+    # The engine double gives hcloud resources their registration number as id.
+    server_ids = {s.name: str(s.order) for s in engine.of_type("hcloud:index/server:Server")}
+    for cmd in engine.of_type("command:remote:Command"):
+        node = cmd.name.split("-")[0]
+        assert cmd.inputs["triggers"][1] == server_ids[node], cmd.name
