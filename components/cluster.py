@@ -4,19 +4,30 @@ from __future__ import annotations
 
 import pulumi
 
+from .airflow import AirflowTier, lock_file
+from .broker import BrokerTier
 from .config import ClusterConfig
+from .dag_sync import DagSync
+from .database import DatabaseTier
 from .nodes import Nodes
 from .vpn import VpnMesh
 
 
 class AirflowHaCluster(pulumi.ComponentResource):
     def __init__(self, cfg: ClusterConfig, opts: pulumi.ResourceOptions | None = None):
+        lock_file(cfg.airflow_version)  # ConfigError before any resource when the lock is missing
         super().__init__(
             "airflow-ha:cluster:AirflowHaCluster", f"airflow-ha-{cfg.stack}", None, opts
         )
         child = pulumi.ResourceOptions(parent=self)
         self.nodes = Nodes(cfg, child)
         self.mesh = VpnMesh(cfg, self.nodes.nodes, child)
+        self.database = DatabaseTier(cfg, self.nodes.nodes, self.mesh, child)
+        self.broker = BrokerTier(cfg, self.nodes.nodes, self.mesh, child)
+        self.airflow = AirflowTier(
+            cfg, self.nodes.nodes, self.mesh, self.database, self.broker, child
+        )
+        self.dag_sync = DagSync(cfg, self.nodes.nodes, self.mesh, child)
 
         self.outputs: dict[str, pulumi.Input] = {
             "nodes": {
@@ -36,5 +47,20 @@ class AirflowHaCluster(pulumi.ComponentResource):
                 }
                 for node in self.nodes.nodes
             },
+            # The RabbitMQ management UI listens on the mesh only: reach it through SSH.
+            "brokerManagementTunnel": self.broker.management_tunnel,
+            # HAProxy's stats page listens on each node's mesh address: reach it through SSH.
+            "databaseStatsTunnel": self.database.stats_tunnels,
+            "patronictl": "patronictl -c /etc/patroni/config.yml list  # on any node, as root",
+            "airflow": {
+                "uiUrls": self.airflow.ui_urls,
+                "uiTunnels": self.airflow.ui_tunnels,
+                "flowerTunnel": self.airflow.flower_tunnel,
+                "adminUser": self.airflow.admin_user,
+                "shipDags": "copy DAG files into /opt/airflow/dags on any node; csync2 copies them "
+                "to the others within a minute",
+            },
+            # Secret, so on its own: `pulumi stack output airflowAdminPassword --show-secrets`.
+            "airflowAdminPassword": self.airflow.admin_password,
         }
         self.register_outputs(self.outputs)

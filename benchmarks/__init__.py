@@ -1,0 +1,1 @@
+"""Benchmarks and drills: each prints what it measured; nothing is asserted here."""

@@ -1,0 +1,499 @@
+"""AirflowTier: Airflow 3 with the CeleryExecutor on every node, active-active.
+
+Every node runs the six processes (api-server, scheduler, dag-processor, triggerer, Celery worker,
+Flower) as systemd units under the `airflow` user, from a venv installed from a committed,
+hash-pinned lock file (templates/airflow/requirements-<version>-py313.txt) so that every node
+gets exactly the same packages. Each node reaches the metadata database through its own HAProxy
+(the database tier's `airflow_db_url`) and the broker through the failover list of all RabbitMQ
+nodes (the broker tier's `broker_url`), with quorum queues and publisher confirms.
+
+Secrets that must be equal everywhere (Fernet key, [api] secret_key, [api_auth] jwt_secret, the
+admin password) are generated once with pulumi_random and stay secret.
+
+Auth: the FAB auth manager (provider apache-airflow-providers-fab, in the lock). Its users live
+in the shared metadata database, so the one admin created once works on every node, and users
+can be managed in the UI. The simpler SimpleAuthManager (users in airflow.cfg, passwords in a
+file rendered on every node) would work too, but Airflow 3.3 documents it as development-only
+and logs a warning on every start of a deployment shaped like this one.
+
+Order: every node installs the venv (parallel) -> every node writes airflow.cfg, the env file
+and the units once its database and broker are ready (parallel) -> `airflow db migrate` and the
+admin user, once, from the first node -> node by node (a rolling restart), each starts (or,
+when something changed, restarts) its units and waits until its api-server is healthy.
+`ready[node]` is that last step.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from pathlib import Path
+
+import pulumi
+import pulumi_random as random
+
+from .broker import BrokerTier
+from .config import ClusterConfig, ConfigError
+from .database import DatabaseTier
+from .nodes import UI_PORT, Node
+from .remote import TEMPLATES_DIR, RemoteFile, render, render_output, run_step
+from .vpn import VpnMesh
+
+PYTHON_TAG = "py313"  # Debian 13's python3
+AIRFLOW_USER = "airflow"
+# A fixed uid/gid on every node: csync2 carries numeric owners of DAG files between nodes.
+AIRFLOW_UID = 50000
+AIRFLOW_HOME = "/opt/airflow"
+VENV = f"{AIRFLOW_HOME}/venv"
+DAGS_DIR = f"{AIRFLOW_HOME}/dags"
+LOGS_DIR = f"{AIRFLOW_HOME}/logs"
+PLUGINS_DIR = f"{AIRFLOW_HOME}/plugins"
+CONFIG_DIR = "/etc/airflow"
+AIRFLOW_CFG = f"{CONFIG_DIR}/airflow.cfg"
+AIRFLOW_ENV = f"{CONFIG_DIR}/airflow.env"
+LOG_FIREWALL = f"{CONFIG_DIR}/log-servers.nft"
+CLI_WRAPPER = "/usr/local/bin/airflow"
+UNIT_DIR = "/etc/systemd/system"
+# Touched by a step that changed the venv, the config or a unit; the start step restarts the
+# units once and removes it. A forced re-run changes nothing, so it restarts nothing.
+RESTART_MARKER = "/var/lib/airflow-ha/airflow-restart-needed"
+
+API_PORT = 8080
+FLOWER_PORT = 5555
+# The worker's and the triggerer's log servers: Airflow binds them to every address (no host
+# option, airflow/utils/serve_logs/core.py), so a small nftables table admits them only on lo
+# and the mesh interface. The api-server fetches task logs from them by hostname.
+WORKER_LOG_PORT = 8793
+TRIGGERER_LOG_PORT = 8794
+MESH_INTERFACE = "wg0"
+
+API_WORKERS = 2
+# Schedulers: a task whose worker vanished is failed (and retried) after this many seconds
+# without a heartbeat (default 300), and tasks queued by a dead scheduler are adopted by the
+# others after this check interval (default 300). Both bound the node-loss recovery time.
+TASK_HEARTBEAT_TIMEOUT_S = 60
+ORPHANED_TASKS_CHECK_S = 60
+# How often the DAG processors list the DAG folder for new files (default 300 s): csync2 brings
+# files within a minute, this keeps a new DAG's arrival in the UI within about two.
+DAG_REFRESH_INTERVAL_S = 30
+# AMQP heartbeat: a worker or scheduler whose broker node vanished (no TCP reset when a whole
+# machine dies) notices within about two heartbeats and fails over to the next URL.
+BROKER_HEARTBEAT_S = 10
+DB_POOL_SIZE = 5
+DB_MAX_OVERFLOW = 5
+
+# The watchdog restarts a scheduler, DAG processor or triggerer that hangs (its unit active, its
+# job's heartbeat stale) instead of exiting; see templates/airflow/watchdog.py.j2.
+WATCHDOG_SCRIPT = "/usr/local/sbin/airflow-ha-watchdog"
+WATCHDOG_INTERVAL_S = 30
+WATCHDOG_STALE_S = 90
+WATCHDOG_GRACE_S = 180
+WATCHDOG_CHECKS = 2
+
+RESTART_SEC = 5
+RESTART_MAX_DELAY_SEC = 60
+RESTART_STEPS = 5
+WORKER_STOP_TIMEOUT_S = 120
+START_WAIT_S = 300
+
+ADMIN_ROLE = "Admin"
+AUTH_MANAGER = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
+UI_TLS_UNIT = "airflow-ui-tls"
+
+
+def lock_file(version: str) -> Path:
+    """The committed lock file for an Airflow version; a ConfigError names it when missing."""
+    path = TEMPLATES_DIR / "airflow" / f"requirements-{version}-{PYTHON_TAG}.txt"
+    if not path.is_file():
+        available = sorted(
+            p.name.removeprefix("requirements-").removesuffix(f"-{PYTHON_TAG}.txt")
+            for p in path.parent.glob(f"requirements-*-{PYTHON_TAG}.txt")
+        )
+        raise ConfigError(
+            "airflowVersion",
+            f"{version} has no lock file: templates/airflow/{path.name} is missing",
+            f"use one of {', '.join(available) or 'none'} or generate the lock file as the "
+            "header of templates/airflow/requirements-3.3.2-py313.txt says",
+        )
+    return path
+
+
+def celery_extra_config() -> dict:
+    """Merged into Celery's config by the provider ([celery] extra_celery_config).
+
+    Quorum queues: the broker tier makes quorum the Airflow vhost's default queue type, so
+    Celery's durable `default` queue is a quorum queue, replicated on every RabbitMQ node (a
+    classic queue homed on one broker made every worker exit when that broker died). Celery's
+    own `task_default_queue_type = "quorum"` is deliberately not set: it switches on Celery's
+    native delayed delivery, whose setup runs on every consumer (re)connect against every broker
+    URL and, with one machine down, blocked the consumer past its heartbeat again and again (seen
+    in the node-loss drill); Airflow does not use ETA tasks.
+    """
+    return {
+        "broker_failover_strategy": "round-robin",
+        "broker_heartbeat": BROKER_HEARTBEAT_S,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+    }
+
+
+def services(cfg: ClusterConfig, node: str) -> dict[str, dict]:
+    """The six units of a node: name -> what the unit template needs."""
+    base = f"{VENV}/bin/airflow"
+    units = {
+        "airflow-api-server": {
+            "what": "api-server (UI, REST and Execution API)",
+            "args": "api-server",
+        },
+        "airflow-scheduler": {"what": "scheduler (active-active)", "args": "scheduler"},
+        "airflow-dag-processor": {"what": "DAG processor", "args": "dag-processor"},
+        "airflow-triggerer": {"what": "triggerer", "args": "triggerer"},
+        "airflow-worker": {
+            "what": "Celery worker",
+            # An explicit hostname: Celery's and Flower's name for this worker.
+            "args": f"celery worker --celery-hostname {AIRFLOW_USER}@{node}",
+            # SIGTERM to the main process only (Celery's warm shutdown lets running tasks end);
+            # what is still running after the timeout is killed, and with acks_late its
+            # message goes back to the queue.
+            "extra": ["KillMode=mixed", f"TimeoutStopSec={WORKER_STOP_TIMEOUT_S}"],
+        },
+        "airflow-flower": {"what": "Flower (Celery monitor)", "args": "celery flower"},
+    }
+    for unit in units.values():
+        unit["exec_start"] = f"{base} {unit.pop('args')}"
+        unit.setdefault("extra", [])
+    return units
+
+
+def unit_files(cfg: ClusterConfig, node: str) -> list[RemoteFile]:
+    files = []
+    for name, unit in services(cfg, node).items():
+        context = {
+            **unit,
+            "user": AIRFLOW_USER,
+            "home": AIRFLOW_HOME,
+            "env_file": AIRFLOW_ENV,
+            "mesh_interface": MESH_INTERFACE,
+            "restart_sec": RESTART_SEC,
+            "restart_steps": RESTART_STEPS,
+            "restart_max_delay_sec": RESTART_MAX_DELAY_SEC,
+        }
+        files.append(
+            RemoteFile(f"{UNIT_DIR}/{name}.service", render("airflow/unit.service.j2", context))
+        )
+    return files
+
+
+def watchdog_files() -> list[RemoteFile]:
+    context = {
+        "venv": VENV,
+        "config": AIRFLOW_CFG,
+        "script": WATCHDOG_SCRIPT,
+        "interval": WATCHDOG_INTERVAL_S,
+        "stale": WATCHDOG_STALE_S,
+        "grace": WATCHDOG_GRACE_S,
+        "checks": WATCHDOG_CHECKS,
+    }
+    return [
+        RemoteFile(WATCHDOG_SCRIPT, render("airflow/watchdog.py.j2", context), mode="0755"),
+        RemoteFile(
+            f"{UNIT_DIR}/airflow-watchdog.service", render("airflow/watchdog.service.j2", context)
+        ),
+        RemoteFile(
+            f"{UNIT_DIR}/airflow-watchdog.timer", render("airflow/watchdog.timer.j2", context)
+        ),
+    ]
+
+
+def fernet_key(random_base64: str) -> str:
+    """A Fernet key is 32 bytes in URL-safe base64; RandomBytes gives standard base64.
+
+    The offline render's placeholder (not base64) passes through unchanged.
+    """
+    try:
+        raw = base64.b64decode(random_base64, validate=True)
+    except (binascii.Error, ValueError):
+        return random_base64
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def cfg_context(
+    cfg: ClusterConfig,
+    node: str,
+    secrets: dict[str, pulumi.Output[str]],
+    database_url: pulumi.Output[str],
+    broker_url: pulumi.Output[str],
+) -> dict:
+    """What airflow.cfg is rendered from: plain values plus secret Outputs."""
+    mesh = cfg.node(node).mesh_address
+    return {
+        "node": node,
+        "mesh_address": mesh,
+        "home": AIRFLOW_HOME,
+        "dags_dir": DAGS_DIR,
+        "logs_dir": LOGS_DIR,
+        "plugins_dir": PLUGINS_DIR,
+        "auth_manager": AUTH_MANAGER,
+        "api_port": API_PORT,
+        "api_workers": API_WORKERS,
+        "execution_api_url": f"http://{mesh}:{API_PORT}/execution/",
+        "flower_port": FLOWER_PORT,
+        "worker_log_port": WORKER_LOG_PORT,
+        "triggerer_log_port": TRIGGERER_LOG_PORT,
+        "worker_concurrency": cfg.celery_worker_concurrency,
+        "task_heartbeat_timeout": TASK_HEARTBEAT_TIMEOUT_S,
+        "orphaned_tasks_check": ORPHANED_TASKS_CHECK_S,
+        "dag_refresh_interval": DAG_REFRESH_INTERVAL_S,
+        "pool_size": DB_POOL_SIZE,
+        "max_overflow": DB_MAX_OVERFLOW,
+        "extra_celery_config": json.dumps(celery_extra_config(), sort_keys=True),
+        "database_url": database_url,
+        "result_backend": pulumi.Output.from_input(database_url).apply(lambda url: f"db+{url}"),
+        "broker_url": broker_url,
+        "flower_basic_auth": pulumi.Output.concat(
+            cfg.airflow_admin_user, ":", secrets["admin_password"]
+        ),
+        "fernet_key": secrets["fernet_key"],
+        "api_secret_key": secrets["api_secret_key"],
+        "jwt_secret": secrets["jwt_secret"],
+    }
+
+
+class AirflowTier(pulumi.ComponentResource):
+    def __init__(
+        self,
+        cfg: ClusterConfig,
+        nodes: list[Node],
+        mesh: VpnMesh,
+        database: DatabaseTier,
+        broker: BrokerTier,
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        lock = lock_file(cfg.airflow_version)  # a missing lock fails before any resource
+        super().__init__("airflow-ha:airflow:AirflowTier", "airflow", None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+
+        fernet = random.RandomBytes("airflow-fernet-key", length=32, opts=child)
+        secrets = {
+            "fernet_key": pulumi.Output.secret(fernet.base64.apply(fernet_key)),
+            "api_secret_key": random.RandomPassword(
+                "airflow-api-secret-key", length=48, special=False, opts=child
+            ).result,
+            "jwt_secret": random.RandomPassword(
+                "airflow-jwt-secret", length=64, special=False, opts=child
+            ).result,
+            "admin_password": random.RandomPassword(
+                "airflow-admin-password", length=24, special=False, opts=child
+            ).result,
+        }
+        self.fernet_key: pulumi.Output[str] = secrets["fernet_key"]
+        self.jwt_secret: pulumi.Output[str] = pulumi.Output.secret(secrets["jwt_secret"])
+        self.admin_user = cfg.airflow_admin_user
+        self.admin_password: pulumi.Output[str] = pulumi.Output.secret(secrets["admin_password"])
+
+        lock_text = lock.read_text()
+        lock_path = f"{AIRFLOW_HOME}/requirements-{cfg.airflow_version}-{PYTHON_TAG}.txt"
+        account = {"user": AIRFLOW_USER, "uid": AIRFLOW_UID, "home": AIRFLOW_HOME}
+
+        configured: dict[str, pulumi.Resource] = {}
+        digests: dict[str, pulumi.Output[str]] = {}
+        for node in nodes:
+            name = node.spec.name
+            installed = run_step(
+                "airflow-install",
+                node.access,
+                render(
+                    "airflow/install.sh.j2",
+                    {
+                        "node": name,
+                        "version": cfg.airflow_version,
+                        "venv": VENV,
+                        "lock": lock_path,
+                        "dirs": [DAGS_DIR, LOGS_DIR, PLUGINS_DIR],
+                        "marker": RESTART_MARKER,
+                        **account,
+                    },
+                ),
+                files=[
+                    RemoteFile(lock_path, lock_text),
+                    RemoteFile(
+                        CLI_WRAPPER,
+                        render(
+                            "airflow/airflow-cli.sh.j2",
+                            {
+                                "env_file": AIRFLOW_ENV,
+                                "venv": VENV,
+                                "user": AIRFLOW_USER,
+                                "home": AIRFLOW_HOME,
+                            },
+                        ),
+                        mode="0755",
+                    ),
+                ],
+                parent=self,
+                depends_on=[mesh.ready[name]],
+                timeout_minutes=30,
+            )
+            files = [
+                RemoteFile(
+                    AIRFLOW_CFG,
+                    render_output(
+                        "airflow/airflow.cfg.j2",
+                        cfg_context(cfg, name, secrets, database.airflow_db_url, broker.broker_url),
+                    ),
+                    mode="0640",
+                    owner=f"root:{AIRFLOW_USER}",
+                ),
+                RemoteFile(
+                    AIRFLOW_ENV,
+                    render(
+                        "airflow/airflow.env.j2",
+                        {"home": AIRFLOW_HOME, "config": AIRFLOW_CFG, "venv": VENV},
+                    ),
+                    mode="0640",
+                    owner=f"root:{AIRFLOW_USER}",
+                ),
+                RemoteFile(
+                    LOG_FIREWALL,
+                    render(
+                        "airflow/log-servers.nft.j2",
+                        {
+                            "ports": [WORKER_LOG_PORT, TRIGGERER_LOG_PORT],
+                            "mesh_interface": MESH_INTERFACE,
+                        },
+                    ),
+                ),
+                RemoteFile(
+                    f"{UNIT_DIR}/airflow-log-firewall.service",
+                    render("airflow/log-firewall.service.j2", {"rules": LOG_FIREWALL}),
+                ),
+                *unit_files(cfg, name),
+                *watchdog_files(),
+            ]
+            if cfg.public_ui:
+                files.append(
+                    RemoteFile(
+                        f"{UNIT_DIR}/{UI_TLS_UNIT}.service",
+                        render(
+                            "airflow/ui-tls.service.j2",
+                            {
+                                "port": UI_PORT,
+                                "mesh_address": node.spec.mesh_address,
+                                "api_port": API_PORT,
+                                "cert": f"{CONFIG_DIR}/ui-tls.crt",
+                                "key": f"{CONFIG_DIR}/ui-tls.key",
+                            },
+                        ),
+                    )
+                )
+            # The start step carries a digest of everything the units run with, so that a
+            # changed lock, config or unit re-runs it (and it restarts the units once).
+            digests[name] = pulumi.Output.all(lock_text, *[f.content for f in files]).apply(
+                lambda parts: _digest("\0".join(parts))
+            )
+            configured[name] = run_step(
+                "airflow-config",
+                node.access,
+                render(
+                    "airflow/config.sh.j2",
+                    {
+                        "node": name,
+                        "marker": RESTART_MARKER,
+                        "units": [f.path for f in files if f.path.startswith(UNIT_DIR)],
+                        "rules": LOG_FIREWALL,
+                        "public_ui": cfg.public_ui,
+                        "config_dir": CONFIG_DIR,
+                        "user": AIRFLOW_USER,
+                    },
+                ),
+                files=files,
+                parent=self,
+                depends_on=[installed, database.ready[name], broker.ready[name]],
+            )
+
+        # The schema (and FAB's tables) and the admin user: once, from the first node. Airflow's
+        # `db migrate` holds a global lock in the database, so a concurrent or repeated run is
+        # safe; `users create` leaves an existing user alone.
+        first = nodes[0]
+        migrated = run_step(
+            "airflow-db-migrate",
+            first.access,
+            render_output(
+                "airflow/migrate.sh.j2",
+                {
+                    "version": cfg.airflow_version,
+                    "lock_digest": _digest(lock_text),
+                    "admin_user": cfg.airflow_admin_user,
+                    "admin_password": secrets["admin_password"],
+                    "admin_role": ADMIN_ROLE,
+                },
+            ),
+            parent=self,
+            depends_on=[configured[first.spec.name]],
+            timeout_minutes=20,
+        )
+
+        unit_names = [*services(cfg, first.spec.name), *([UI_TLS_UNIT] if cfg.public_ui else [])]
+        # One node after the other: a changed config or venv restarts the units of one node at a
+        # time, so the other two keep scheduling and running tasks meanwhile.
+        self.ready: dict[str, pulumi.Resource] = {}
+        previous: list[pulumi.Resource] = []
+        for node in nodes:
+            name = node.spec.name
+            self.ready[name] = run_step(
+                "airflow-start",
+                node.access,
+                render_output(
+                    "airflow/start.sh.j2",
+                    {
+                        "node": name,
+                        "digest": digests[name],
+                        "units": unit_names,
+                        "marker": RESTART_MARKER,
+                        "mesh_address": node.spec.mesh_address,
+                        "api_port": API_PORT,
+                        "flower_port": FLOWER_PORT,
+                        "wait_seconds": START_WAIT_S,
+                    },
+                ),
+                parent=self,
+                depends_on=[migrated, configured[name], *previous],
+                timeout_minutes=15,
+            )
+            previous = [self.ready[name]]
+
+        self.ui_urls: dict[str, pulumi.Output[str]] = {}
+        self.ui_tunnels: dict[str, pulumi.Output[str]] = {}
+        for node in nodes:
+            spec = node.spec
+            mesh_url = f"http://{spec.mesh_address}:{API_PORT}/"
+            if cfg.public_ui:
+                self.ui_urls[spec.name] = pulumi.Output.concat("https://", node.public_address, "/")
+            else:
+                self.ui_urls[spec.name] = pulumi.Output.from_input(mesh_url)
+            self.ui_tunnels[spec.name] = _tunnel(node, API_PORT, API_PORT)
+        self.flower_tunnel = _tunnel(first, FLOWER_PORT, FLOWER_PORT)
+        self.register_outputs(
+            {
+                "uiUrls": self.ui_urls,
+                "uiTunnels": self.ui_tunnels,
+                "flowerTunnel": self.flower_tunnel,
+                "adminUser": self.admin_user,
+                "adminPassword": self.admin_password,
+            }
+        )
+
+
+def _tunnel(node: Node, local_port: int, remote_port: int) -> pulumi.Output[str]:
+    spec = node.spec
+    return pulumi.Output.concat(
+        f"ssh -N -L {local_port}:{spec.mesh_address}:{remote_port} -p {spec.port} {spec.user}@",
+        node.public_address,
+        f"  # then open http://localhost:{local_port}/",
+    )
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()

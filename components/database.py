@@ -1,0 +1,338 @@
+"""DatabaseTier: etcd, Patroni + PostgreSQL, and HAProxy to the primary on every node.
+
+Per node, in order: `database-packages` (one apt run) -> `etcd` (a member of a static
+cluster of all nodes, on the mesh) -> `patroni` (PostgreSQL run by Patroni, which keeps the
+leader lock in etcd) -> `airflow-db` (on whichever node is primary: the Airflow role and
+database, and the stack's Patroni timings in the cluster's dynamic config; on every node: wait
+until Airflow's login works through the local HAProxy). `haproxy` (127.0.0.1:5000 -> the
+primary, :5001 -> the replicas, following Patroni's REST API) runs beside etcd and Patroni;
+`airflow-db` needs it.
+
+Every port listens on the node's mesh address or 127.0.0.1. The passwords (PostgreSQL
+superuser, replication, pg_rewind, Patroni's REST API, Airflow) are generated once with
+pulumi_random and stay secrets in every file and URL derived from them.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pulumi
+import pulumi_random as random
+
+from .config import ClusterConfig, NodeSpec
+from .nodes import Node
+from .remote import RemoteFile, render, render_output, run_step
+from .vpn import VpnMesh
+
+ETCD_CLIENT_PORT = 2379
+ETCD_PEER_PORT = 2380
+# The package's throwaway single-member cluster lives in /var/lib/etcd/default; the cluster's
+# member data gets its own directory, and <data dir>.joined marks a node that has been seen in
+# the full cluster: only a node without it is configured for the first time (wiped, re-added).
+ETCD_DATA_DIR = "/var/lib/etcd/airflow-ha"
+ETCD_PACKAGE_DATA_DIR = "/var/lib/etcd/default"
+# Raft timings: heartbeat about the worst round trip between regions, election 10x that.
+ETCD_HEARTBEAT_MS = 200
+ETCD_ELECTION_MS = 2000
+
+POSTGRES_PORT = 5432
+PATRONI_PORT = 8008
+HAPROXY_PRIMARY_PORT = 5000
+HAPROXY_REPLICA_PORT = 5001
+HAPROXY_STATS_PORT = 7000
+# HAProxy health checks against Patroni's REST API:
+# - inter 1s: a promoted node answers 200 on /primary at most a second before HAProxy sees it;
+#   3 HAProxies x 3 nodes x 2 listeners is ~18 tiny HTTP requests a second: nothing.
+# - fall 2: a dead primary is out after 2 failed checks (<= 2 s), not on one lost packet;
+#   on-marked-down shutdown-sessions then cuts its client sessions so they reconnect at once.
+# - rise 1: /primary is 200 only on the node holding Patroni's leader lock, so one success
+#   is proof enough; waiting for more would add seconds to every failover.
+HAPROXY_CHECK = {"inter": "1s", "fall": 2, "rise": 1, "timeout": "1s"}
+HAPROXY_MAXCONN = 2000
+
+PATRONI_CONFIG = "/etc/patroni/config.yml"
+PATRONI_DROPIN = "/etc/systemd/system/patroni.service.d/airflow-ha.conf"
+ETCD_DROPIN = "/etc/systemd/system/etcd.service.d/airflow-ha.conf"
+# Patroni restarts after a crash; 5 s keeps a crash loop from spinning while staying well
+# under the leader TTL, so a crashed Patroni is usually back before a failover is needed.
+PATRONI_RESTART_SEC = 5
+
+SUPERUSER = "postgres"
+REPLICATION_USER = "replicator"
+REWIND_USER = "rewinder"
+REST_USER = "patroni"
+AIRFLOW_USER = "airflow"
+AIRFLOW_DB = "airflow"
+
+# PostgreSQL settings kept in Patroni's dynamic config (the same on every member).
+POSTGRES_PARAMETERS = {
+    "max_connections": 300,  # three nodes of Airflow processes, each with a pool
+    "password_encryption": "scram-sha-256",
+    "wal_level": "replica",
+    "hot_standby": "on",
+    "wal_log_hints": "on",  # pg_rewind
+    "max_wal_senders": 10,
+    "max_replication_slots": 10,
+    "wal_keep_size": "256MB",
+    # A replica that stays away does not fill the primary's disk: past this its slot is
+    # invalidated and Patroni re-clones it.
+    "max_slot_wal_keep_size": "4096MB",
+}
+
+
+def _password(name: str, parent: pulumi.Resource) -> pulumi.Output[str]:
+    return random.RandomPassword(
+        name, length=32, special=False, opts=pulumi.ResourceOptions(parent=parent)
+    ).result
+
+
+def packages_for(cfg: ClusterConfig) -> list[str]:
+    """Debian 13's packages for the tier. python3-etcd is not pulled in by patroni (apt takes
+    python3-consul): without it Patroni finds no etcd implementation and exits."""
+    return [
+        "etcd-server",
+        "etcd-client",
+        f"postgresql-{cfg.postgres_version}",
+        "patroni",
+        "python3-etcd",
+        "python3-psycopg2",
+        "haproxy",
+        "curl",
+    ]
+
+
+def pg_hba(cfg: ClusterConfig) -> list[str]:
+    """Who may connect: postgres over the local socket; the rest from the mesh, by password."""
+    mesh = cfg.mesh_cidr
+    return [
+        f"local all {SUPERUSER} peer",
+        f"host replication {REPLICATION_USER} {mesh} scram-sha-256",
+        f"host postgres {REWIND_USER} {mesh} scram-sha-256",
+        f"host {AIRFLOW_DB} {AIRFLOW_USER} {mesh} scram-sha-256",
+    ]
+
+
+def dynamic_settings(cfg: ClusterConfig) -> dict[str, object]:
+    """The stack's Patroni settings for the cluster's dynamic config (bootstrap and later)."""
+    p = cfg.patroni
+    return {
+        "ttl": p.ttl,
+        "loop_wait": p.loop_wait,
+        "retry_timeout": p.retry_timeout,
+        "maximum_lag_on_failover": p.maximum_lag_on_failover,
+        "synchronous_mode": p.synchronous_mode,
+        "failsafe_mode": p.failsafe_mode,
+    }
+
+
+def _yaml(values: dict[str, object]) -> dict[str, str]:
+    """Values as YAML scalars (JSON is YAML): strings quoted, so "on" stays a string."""
+    return {key: json.dumps(value) for key, value in values.items()}
+
+
+class DatabaseTier(pulumi.ComponentResource):
+    def __init__(
+        self,
+        cfg: ClusterConfig,
+        nodes: list[Node],
+        mesh: VpnMesh,
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        super().__init__("airflow-ha:database:DatabaseTier", "database", None, opts)
+        pg = cfg.postgres_version
+        self.scope = f"airflow-ha-{cfg.stack}"
+        passwords = {
+            "superuser": _password("postgres-superuser-password", self),
+            "replication": _password("postgres-replication-password", self),
+            "rewind": _password("postgres-rewind-password", self),
+            "rest": _password("patroni-rest-password", self),
+            "airflow": _password("airflow-db-password", self),
+        }
+        self.airflow_db_password: pulumi.Output[str] = pulumi.Output.secret(passwords["airflow"])
+        self.airflow_db_url: pulumi.Output[str] = pulumi.Output.secret(
+            pulumi.Output.concat(
+                f"postgresql+psycopg2://{AIRFLOW_USER}:",
+                passwords["airflow"],
+                f"@127.0.0.1:{HAPROXY_PRIMARY_PORT}/{AIRFLOW_DB}",
+            )
+        )
+
+        members = [{"name": n.name, "mesh_address": n.mesh_address} for n in cfg.nodes]
+        etcd_hosts = [f"{n.mesh_address}:{ETCD_CLIENT_PORT}" for n in cfg.nodes]
+        dynamic = dynamic_settings(cfg)
+        self.ready: dict[str, pulumi.Resource] = {}
+        for node in nodes:
+            spec = node.spec
+            # Packages first, in one apt run, before any step writes a file that is also a
+            # package's conffile (/etc/default/etcd, haproxy.cfg): dpkg would stop to ask.
+            packages = run_step(
+                "database-packages",
+                node.access,
+                render("database/packages.sh.j2", {"packages": packages_for(cfg)}),
+                parent=self,
+                depends_on=[mesh.ready[spec.name]],
+            )
+            etcd = self._etcd(cfg, node, members, depends_on=[packages])
+            patroni_context = {
+                "node": spec.name,
+                "mesh_address": spec.mesh_address,
+                "scope": self.scope,
+                "etcd_hosts": etcd_hosts,
+                "dynamic": _yaml(dynamic),
+                "parameters": _yaml(POSTGRES_PARAMETERS),
+                "pg_hba": pg_hba(cfg),
+                "data_dir": f"/var/lib/postgresql/{pg}/airflow-ha",
+                "bin_dir": f"/usr/lib/postgresql/{pg}/bin",
+                "postgres_port": POSTGRES_PORT,
+                "rest_port": PATRONI_PORT,
+                "users": {
+                    "superuser": SUPERUSER,
+                    "replication": REPLICATION_USER,
+                    "rewind": REWIND_USER,
+                    "rest": REST_USER,
+                },
+                "passwords": passwords,
+            }
+            patroni = run_step(
+                "patroni",
+                node.access,
+                render(
+                    "database/patroni.sh.j2",
+                    {
+                        "node": spec.name,
+                        "mesh_address": spec.mesh_address,
+                        "pg": pg,
+                        "data_dir": patroni_context["data_dir"],
+                        "config": PATRONI_CONFIG,
+                        "dropin": PATRONI_DROPIN,
+                        "rest_port": PATRONI_PORT,
+                    },
+                ),
+                files=[
+                    RemoteFile(
+                        PATRONI_CONFIG,
+                        render_output("database/patroni.yml.j2", patroni_context),
+                        mode="0600",
+                        owner="postgres:postgres",
+                    ),
+                    RemoteFile(
+                        PATRONI_DROPIN,
+                        render(
+                            "database/patroni.override.conf.j2",
+                            {"restart_sec": PATRONI_RESTART_SEC},
+                        ),
+                    ),
+                ],
+                parent=self,
+                depends_on=[etcd],
+                timeout_minutes=30,
+            )
+            haproxy = run_step(
+                "haproxy",
+                node.access,
+                render(
+                    "database/haproxy.sh.j2",
+                    {
+                        "node": spec.name,
+                        "primary_port": HAPROXY_PRIMARY_PORT,
+                        "replica_port": HAPROXY_REPLICA_PORT,
+                    },
+                ),
+                files=[RemoteFile("/etc/haproxy/haproxy.cfg", self.haproxy_cfg(cfg, spec))],
+                parent=self,
+                depends_on=[packages],
+            )
+            self.ready[spec.name] = run_step(
+                "airflow-db",
+                node.access,
+                render_output(
+                    "database/airflow-db.sh.j2",
+                    {
+                        "node": spec.name,
+                        "mesh_address": spec.mesh_address,
+                        "rest_port": PATRONI_PORT,
+                        "config": PATRONI_CONFIG,
+                        "settings": " ".join(f"-s {k}={v}" for k, v in _yaml(dynamic).items()),
+                        "user": AIRFLOW_USER,
+                        "database": AIRFLOW_DB,
+                        "password": passwords["airflow"],
+                        "haproxy_port": HAPROXY_PRIMARY_PORT,
+                    },
+                ),
+                parent=self,
+                depends_on=[patroni, haproxy],
+            )
+
+        self.stats_tunnels = {
+            node.spec.name: pulumi.Output.concat(
+                f"ssh -p {node.spec.port} -N -L {HAPROXY_STATS_PORT}:{node.spec.mesh_address}:"
+                f"{HAPROXY_STATS_PORT} {node.spec.user}@",
+                node.public_address,
+                f"  # then open http://127.0.0.1:{HAPROXY_STATS_PORT}/",
+            )
+            for node in nodes
+        }
+        self.register_outputs(
+            {"airflowDbUrl": self.airflow_db_url, "haproxyStats": self.stats_tunnels}
+        )
+
+    def _etcd(
+        self,
+        cfg: ClusterConfig,
+        node: Node,
+        members: list[dict[str, str]],
+        depends_on: list[pulumi.Resource],
+    ) -> pulumi.Resource:
+        spec = node.spec
+        context = {
+            "node": spec.name,
+            "mesh_address": spec.mesh_address,
+            "client_port": ETCD_CLIENT_PORT,
+            "peer_port": ETCD_PEER_PORT,
+            "data_dir": ETCD_DATA_DIR,
+            "package_data_dir": ETCD_PACKAGE_DATA_DIR,
+            "members": members,
+            "token": f"airflow-ha-{cfg.stack}",
+            "heartbeat_ms": ETCD_HEARTBEAT_MS,
+            "election_ms": ETCD_ELECTION_MS,
+            "peer_client_urls": ",".join(
+                f"http://{m['mesh_address']}:{ETCD_CLIENT_PORT}"
+                for m in members
+                if m["name"] != spec.name
+            ),
+            "peer_url": f"http://{spec.mesh_address}:{ETCD_PEER_PORT}",
+            "joined": f"{ETCD_DATA_DIR}.joined",
+            "dropin": ETCD_DROPIN,
+            "member_count": len(members),
+        }
+        return run_step(
+            "etcd",
+            node.access,
+            render("database/etcd.sh.j2", context),
+            files=[
+                RemoteFile("/etc/default/etcd", render("database/etcd.env.j2", context)),
+                RemoteFile(ETCD_DROPIN, render("database/etcd.override.conf.j2", context)),
+            ],
+            parent=self,
+            depends_on=depends_on,
+        )
+
+    @staticmethod
+    def haproxy_cfg(cfg: ClusterConfig, spec: NodeSpec) -> str:
+        """The node's haproxy.cfg: every node is a backend server, checked on Patroni's API."""
+        return render(
+            "database/haproxy.cfg.j2",
+            {
+                "node": spec.name,
+                "mesh_address": spec.mesh_address,
+                "servers": [{"name": n.name, "mesh_address": n.mesh_address} for n in cfg.nodes],
+                "primary_port": HAPROXY_PRIMARY_PORT,
+                "replica_port": HAPROXY_REPLICA_PORT,
+                "stats_port": HAPROXY_STATS_PORT,
+                "postgres_port": POSTGRES_PORT,
+                "rest_port": PATRONI_PORT,
+                "check": HAPROXY_CHECK,
+                "maxconn": HAPROXY_MAXCONN,
+            },
+        )

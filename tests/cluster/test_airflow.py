@@ -1,0 +1,158 @@
+"""Airflow on the three local machines: six units per node, healthy everywhere, three schedulers,
+DAGs synced by csync2, a fan-out DAG run spread over all three workers, and a whole machine lost
+mid-run without losing the run (benchmarks/airflow_drill.py prints the figures)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from benchmarks import airflow_drill as drill
+from tests.cluster.conftest import NODES
+
+pytestmark = pytest.mark.cluster
+
+TASKS = 30
+# Every key of airflow.cfg must be one Airflow (with its providers) knows: a typo is otherwise
+# silently ignored.
+KNOWN_KEYS = r"""
+import configparser, sys
+from airflow.configuration import conf
+described = conf.configuration_description
+ours = configparser.ConfigParser()
+ours.read("/etc/airflow/airflow.cfg")
+free_form = {"celery_broker_transport_options"}  # any kombu transport option goes there
+unknown = [f"[{s}] {k}" for s in ours.sections() if s not in free_form for k in ours[s]
+           if k not in described.get(s, {}).get("options", {})]
+print("\n".join(unknown))
+sys.exit(1 if unknown else 0)
+"""
+
+
+def test_six_units_active_and_enabled_on_every_node(cluster) -> None:
+    units = " ".join(drill.SERVICES)
+    for node in NODES:
+        assert cluster(node, f"systemctl is-active {units}").stdout.split() == ["active"] * 6
+        assert cluster(node, f"systemctl is-enabled {units}").stdout.split() == ["enabled"] * 6
+
+
+def test_api_server_healthy_on_every_node(cluster) -> None:
+    for node in NODES:
+        health = drill.Api(node).health()
+        for part in ("metadatabase", "scheduler", "triggerer", "dag_processor"):
+            assert health[part]["status"] == "healthy", f"{node}: {part} {health[part]}"
+
+
+def test_three_schedulers_alive(cluster) -> None:
+    assert drill.schedulers_alive(NODES[0]) == 3
+
+
+def test_airflow_reads_every_key_of_its_config(cluster) -> None:
+    for node in NODES:
+        result = drill.ssh(
+            node,
+            "cd /opt/airflow && runuser -u airflow -- "
+            "bash -c 'set -a; . /etc/airflow/airflow.env; exec python -'",
+            stdin=KNOWN_KEYS,
+            check=False,
+            timeout=180,
+        )
+        assert result.returncode == 0, f"{node}: unknown keys:\n{result.stdout}{result.stderr}"
+        executor = cluster(node, "airflow config get-value core executor", timeout=120).stdout
+        assert executor.strip().splitlines()[-1] == "CeleryExecutor"
+
+
+def test_celery_uses_a_quorum_queue_with_confirms(cluster) -> None:
+    queues = cluster(
+        NODES[0], "rabbitmqctl -q list_queues -p airflow name type --no-table-headers", timeout=120
+    ).stdout
+    assert "default\tquorum" in queues.splitlines()
+    script = (
+        "from airflow.providers.celery.executors.celery_executor_utils import app\n"
+        "c = app.conf\n"
+        "print(c.broker_transport_options['confirm_publish'], c.worker_prefetch_multiplier,"
+        " c.task_acks_late, c.broker_failover_strategy, len(c.broker_url.split(';')))\n"
+    )
+    out = drill.ssh(
+        NODES[0],
+        "cd /opt/airflow && runuser -u airflow -- "
+        "bash -c 'set -a; . /etc/airflow/airflow.env; exec python -'",
+        stdin=script,
+        timeout=180,
+    ).stdout
+    assert out.strip().splitlines()[-1] == f"True 1 True round-robin {len(NODES)}"
+
+
+def test_ui_and_flower_on_the_mesh_only_and_admin_logs_in_everywhere(cluster) -> None:
+    for node in NODES:
+        listening = cluster(node, "ss -Hltn").stdout.split("\n")
+        addresses = {line.split()[3] for line in listening if line.strip()}
+        mesh = cluster(node, f"getent hosts {node}").stdout.split()[0]
+        for port in (8080, 5555):
+            bound = {a for a in addresses if a.endswith(f":{port}")}
+            assert bound == {f"{mesh}:{port}"}, f"{node}: {port} bound to {bound}"
+        # Flower wants the admin's password.
+        assert (
+            cluster(node, f"curl -s -o /dev/null -w '%{{http_code}}' http://{mesh}:5555/").stdout
+            == "401"
+        )
+        # One admin, in the shared database, works on every node.
+        assert drill.Api(node).get("/api/v2/dags?limit=1")["total_entries"] >= 0
+    # The log servers answer over the mesh, not on the machines' other addresses.
+    other = cluster(
+        NODES[1], f"curl -s -m 3 -o /dev/null -w '%{{http_code}}' http://{NODES[0]}:8793/"
+    )
+    assert other.stdout == "404"  # reached (no such log)
+    outside = cluster(
+        NODES[1],
+        "curl -s -m 3 -o /dev/null -w '%{http_code}' http://172.31.77.11:8793/",
+        check=False,
+    )
+    assert outside.stdout == "000"
+
+
+@pytest.fixture(scope="module")
+def fanout(cluster) -> dict:
+    """The fan-out DAG written on one node, synced to the others, parsed."""
+    started = time.monotonic()
+    digest = drill.write_dag(NODES[1], TASKS)
+    synced = drill.wait_synced(digest, [n for n in NODES if n != NODES[1]], timeout=150)
+    parsed = drill.wait_parsed(drill.Api(NODES[0]), TASKS)
+    figures = {
+        "sync_seconds": round(synced, 1),
+        "visible_seconds": round(time.monotonic() - started, 1),
+    }
+    print(f"DAG sync: {json.dumps(figures)}")
+    return {**figures, "parsed_after_sync": parsed}
+
+
+def test_a_dag_written_on_one_node_reaches_the_others_within_two_minutes(fanout) -> None:
+    assert fanout["sync_seconds"] <= 120
+
+
+def test_fanout_run_uses_the_workers_of_all_three_nodes(cluster, fanout) -> None:
+    api = drill.Api(NODES[0])
+    run_id = f"fanout-{int(time.time())}"
+    started = time.time()
+    api.trigger(run_id, 2)
+    assert drill.wait_run(api, run_id, timeout=600) == "success"
+    per_node = drill.hostnames(api, run_id)
+    print(f"fan-out run: {TASKS} tasks in {time.time() - started:.1f}s, per node {dict(per_node)}")
+    assert sum(per_node.values()) == TASKS
+    assert set(per_node) == set(NODES)
+
+
+def test_node_loss_drill(cluster, fanout) -> None:
+    figures = drill.drill(NODES[0], NODES[2], NODES[1], TASKS, seconds=20)
+    print(f"node-loss drill: {json.dumps(figures)}")
+    assert figures["run_state"] == "success"
+    assert figures["new_run_state"] == "success"
+    assert NODES[2] not in figures["new_run_tasks_per_node"]
+    assert figures["first_start_seconds"] is not None
+    # Each task that was running on the lost machine ran again elsewhere and succeeded.
+    for task, tries in figures["lost_task_tries"].items():
+        assert tries[-1][2] == "success" and tries[-1][1] != NODES[2], f"{task}: {tries}"
+    # Back by itself: units active, healthy, three schedulers (drill() waited for it).
+    assert figures["rejoin_seconds"] > 0

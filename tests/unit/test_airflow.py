@@ -1,0 +1,429 @@
+"""The Airflow tier: six units per node, one airflow.cfg per node with the right values, the
+same secrets everywhere (and secret), UIs on the mesh only, a pinned install."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import configparser
+import json
+import re
+import shutil
+import subprocess
+
+import pulumi
+import pytest
+
+from components import airflow
+from components.config import NAMESPACE, ConfigError
+from components.nodes import ingress_rules
+from tools.engine import Engine, config_for_engine
+
+SERVICES = (
+    "airflow-api-server",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+    "airflow-worker",
+    "airflow-flower",
+)
+
+
+def _steps(engine, name):
+    return {s.node: s for s in engine.steps() if s.step == name}
+
+
+def _file(step, path) -> str:
+    (content,) = [c for p, _, _, c in step.files if p == path]
+    return content
+
+
+def _mode_owner(step, path) -> tuple[str, str]:
+    (found,) = [(m, o) for p, m, o, _ in step.files if p == path]
+    return found
+
+
+def _cfg(step) -> configparser.ConfigParser:
+    # Airflow's parser is a ConfigParser with basic interpolation: reading every value through
+    # one proves the file has no stray '%' either.
+    parser = configparser.ConfigParser()
+    parser.read_string(_file(step, airflow.AIRFLOW_CFG))
+    for section in parser.sections():
+        for key in parser[section]:
+            parser.get(section, key)
+    return parser
+
+
+def _unit(step, name) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str
+    parser.read_string(_file(step, f"/etc/systemd/system/{name}.service"))
+    return parser
+
+
+@pytest.fixture
+def local(values, deploy):
+    engine, outputs = deploy(values("local"), stack="local")
+    return engine, outputs
+
+
+def test_every_node_gets_the_six_units_that_never_give_up(local) -> None:
+    engine, outputs = local
+    config = _steps(engine, "airflow-config")
+    assert sorted(config) == sorted(outputs["nodes"])
+    for node, step in config.items():
+        for name in SERVICES:
+            unit = _unit(step, name)
+            service = unit["Service"]
+            assert service["Restart"] == "always"
+            assert int(service["RestartSec"]) >= 1
+            assert int(service["RestartMaxDelaySec"]) >= int(service["RestartSec"])
+            assert unit["Unit"]["StartLimitIntervalSec"] == "0"
+            assert service["User"] == "airflow"
+            assert service["EnvironmentFile"] == airflow.AIRFLOW_ENV
+            assert service["ExecStart"].startswith(f"{airflow.VENV}/bin/airflow ")
+            assert unit["Install"]["WantedBy"] == "multi-user.target"
+        worker = _unit(step, "airflow-worker")["Service"]
+        assert worker["ExecStart"].endswith(f"celery worker --celery-hostname airflow@{node}")
+        assert worker["KillMode"] == "mixed"
+        assert _unit(step, "airflow-flower")["Service"]["ExecStart"].endswith("celery flower")
+        assert _unit(step, "airflow-dag-processor")["Service"]["ExecStart"].endswith(
+            "dag-processor"
+        )
+    for step in _steps(engine, "airflow-start").values():
+        assert all(name in step.script for name in SERVICES)
+
+
+def test_airflow_cfg_per_node(local) -> None:
+    engine, outputs = local
+    nodes = outputs["nodes"]
+    for node, step in _steps(engine, "airflow-config").items():
+        cfg = _cfg(step)
+        mesh = nodes[node]["meshAddress"]
+        assert cfg["core"]["executor"] == "CeleryExecutor"
+        assert cfg["core"]["dags_folder"] == "/opt/airflow/dags"
+        assert cfg["core"]["load_examples"] == "False"
+        assert cfg["core"]["auth_manager"].endswith("fab_auth_manager.FabAuthManager")
+        # Workers, triggerer and DAG processor use this node's own api-server.
+        assert cfg["core"]["execution_api_server_url"] == f"http://{mesh}:8080/execution/"
+        conn = cfg["database"]["sql_alchemy_conn"]
+        assert re.fullmatch(r"postgresql\+psycopg2://airflow:[^@]+@127\.0\.0\.1:5000/airflow", conn)
+        assert cfg["celery"]["result_backend"] == f"db+{conn}"
+        brokers = cfg["celery"]["broker_url"].split(";")
+        assert [re.search(r"@([^:]+):5672/airflow$", b).group(1) for b in brokers] == list(nodes)
+        assert cfg["celery"]["worker_prefetch_multiplier"] == "1"
+        assert cfg["celery"]["task_acks_late"] == "True"
+        assert cfg["celery"]["worker_concurrency"].isdigit()
+        extra = json.loads(cfg["celery"]["extra_celery_config"])
+        # Quorum comes from the vhost's default queue type (broker tier), not from Celery's
+        # option, which would switch on Celery's native delayed delivery.
+        assert "task_default_queue_type" not in extra
+        assert extra["broker_failover_strategy"] == "round-robin"
+        assert cfg["celery_broker_transport_options"]["confirm_publish"] == "True"
+        assert cfg["scheduler"]["use_row_level_locking"] == "True"
+        assert cfg["api"]["host"] == mesh
+        assert cfg["api"]["port"] == "8080"
+        assert cfg["celery"]["flower_host"] == mesh
+        assert cfg["celery"]["flower_port"] == "5555"
+        assert _mode_owner(step, airflow.AIRFLOW_CFG) == ("0640", "root:airflow")
+
+
+def test_shared_secrets_are_equal_on_every_node_and_well_formed(local) -> None:
+    engine, _ = local
+    cfgs = [_cfg(step) for step in _steps(engine, "airflow-config").values()]
+    for section, key in (
+        ("core", "fernet_key"),
+        ("api", "secret_key"),
+        ("api_auth", "jwt_secret"),
+        ("database", "sql_alchemy_conn"),
+        ("celery", "broker_url"),
+        ("celery", "flower_basic_auth"),
+    ):
+        values = {cfg[section][key] for cfg in cfgs}
+        assert len(values) == 1, f"[{section}] {key} differs between nodes"
+        assert len(values.pop()) >= 32, f"[{section}] {key} is too short"
+    fernet = cfgs[0]["core"]["fernet_key"]
+    assert len(base64.urlsafe_b64decode(fernet)) == 32
+    assert re.fullmatch(r"[A-Za-z0-9_=-]+", fernet)
+    # Generated once by pulumi_random, not per node.
+    randoms = {r.name for r in engine.resources if r.type.startswith("random:")}
+    assert {
+        "airflow-fernet-key",
+        "airflow-api-secret-key",
+        "airflow-jwt-secret",
+        "airflow-admin-password",
+    } <= randoms
+
+
+def _secret_flags(values: dict, stack: str) -> dict[str, bool]:
+    """Build the real program under the engine double and ask Pulumi which Outputs are secret."""
+    from components.cluster import AirflowHaCluster
+    from components.config import load_config
+
+    config, secret_keys = config_for_engine(values)
+    pulumi.runtime.set_all_config(config, secret_keys)
+    pulumi.runtime.set_mocks(Engine(), project=NAMESPACE, stack=stack, preview=False)
+    flags: dict[str, bool] = {}
+
+    async def collect(outputs: dict[str, pulumi.Output]) -> None:
+        for key, output in outputs.items():
+            flags[key] = await output.is_secret()
+
+    def program():
+        cluster = AirflowHaCluster(load_config())
+        tier = cluster.airflow
+        watched = {
+            "admin_password": tier.admin_password,
+            "fernet_key": tier.fernet_key,
+            "jwt_secret": tier.jwt_secret,
+            "csync2_key": cluster.dag_sync.key,
+            "output_admin_password": pulumi.Output.from_input(
+                cluster.outputs["airflowAdminPassword"]
+            ),
+            "output_airflow": pulumi.Output.from_input(cluster.outputs["airflow"]),
+        }
+        return pulumi.Output.from_input(asyncio.ensure_future(collect(watched)))
+
+    pulumi.runtime.test(program)()
+    return flags
+
+
+def test_secrets_stay_secret(values) -> None:
+    flags = _secret_flags(values("local"), "local")
+    assert flags["admin_password"] and flags["fernet_key"] and flags["jwt_secret"]
+    assert flags["csync2_key"]
+    assert flags["output_admin_password"]
+    # The rest of the Airflow outputs (URLs, tunnels, user name) stay readable.
+    assert not flags["output_airflow"]
+
+
+def test_outputs_ui_urls_tunnels_and_admin(local) -> None:
+    _, outputs = local
+    nodes = outputs["nodes"]
+    out = outputs["airflow"]
+    assert out["adminUser"] == "admin"
+    assert outputs["airflowAdminPassword"]
+    for name, node in nodes.items():
+        assert out["uiUrls"][name] == f"http://{node['meshAddress']}:8080/"
+        assert out["uiTunnels"][name].startswith(
+            f"ssh -N -L 8080:{node['meshAddress']}:8080 -p 22 root@{node['publicAddress']}"
+        )
+    first = next(iter(nodes.values()))
+    assert out["flowerTunnel"].startswith(f"ssh -N -L 5555:{first['meshAddress']}:5555 ")
+    assert "15672" in outputs["brokerManagementTunnel"]
+
+
+def test_flower_api_and_rabbitmq_ui_are_not_public(values, deploy) -> None:
+    cfg_values = values("dev")
+    engine, outputs = deploy(cfg_values)
+    for node, step in _steps(engine, "airflow-config").items():
+        cfg = _cfg(step)
+        mesh = outputs["nodes"][node]["meshAddress"]
+        assert cfg["api"]["host"] == mesh != "0.0.0.0"
+        assert cfg["celery"]["flower_host"] == mesh
+        assert not any(p.endswith("airflow-ui-tls.service") for p, *_ in step.files)
+    # The firewall admits SSH and WireGuard only: no 8080, 5555 or 15672.
+    from components.config import parse_config
+
+    ports = {rule["port"] for rule in ingress_rules(parse_config(cfg_values), [])}
+    assert ports == {22, 51820}
+    # The log servers bind every address (Airflow has no option): nftables admits lo and wg0.
+    rules = _file(next(iter(_steps(engine, "airflow-config").values())), airflow.LOG_FIREWALL)
+    assert 'tcp dport { 8793, 8794 } iifname != { "lo", "wg0" } drop' in rules
+
+
+def test_public_ui_terminates_tls_on_443_in_front_of_the_mesh_api_server(values, deploy) -> None:
+    engine, outputs = deploy(values("dev", publicUi=True))
+    for node, step in _steps(engine, "airflow-config").items():
+        unit = _unit(step, "airflow-ui-tls")
+        mesh = outputs["nodes"][node]["meshAddress"]
+        assert "OPENSSL-LISTEN:443," in unit["Service"]["ExecStart"]
+        assert unit["Service"]["ExecStart"].endswith(f"TCP:{mesh}:8080")
+        assert _cfg(step)["api"]["host"] == mesh
+        assert "airflow-ui-tls" in _steps(engine, "airflow-start")[node].script
+    for name, node in outputs["nodes"].items():
+        assert outputs["airflow"]["uiUrls"][name] == f"https://{node['publicAddress']}/"
+
+
+def test_unsupported_airflow_version_names_the_missing_lock_file(values, deploy) -> None:
+    engine = Engine()
+    with pytest.raises(ConfigError, match=r"requirements-3\.9\.9-py313\.txt is missing"):
+        deploy(values("dev", airflowVersion="3.9.9"), engine=engine)
+    # Before any server or step exists.
+    assert not [r for r in engine.resources if not r.type.startswith("airflow-ha:")]
+
+
+def test_install_is_fully_pinned_with_hashes(local) -> None:
+    engine, _ = local
+    lock_path = "/opt/airflow/requirements-3.3.2-py313.txt"
+    for step in _steps(engine, "airflow-install").values():
+        lock = _file(step, lock_path)
+        assert "pip install -q --require-hashes --no-deps -r " + lock_path in step.script
+        assert "pip check" in step.script
+    requirements = [line for line in lock.splitlines() if line and line[0].isalnum()]
+    assert len(requirements) > 100
+    for line in requirements:
+        assert re.fullmatch(r"[a-z0-9._-]+==[^ ]+ \\", line), line
+    pins = dict(line.split(" ")[0].split("==") for line in requirements)
+    assert pins["apache-airflow"] == "3.3.2"
+    assert pins["celery"] == "5.6.3"  # 5.7.0 breaks the celery provider
+    for package in ("apache-airflow-providers-celery", "apache-airflow-providers-fab", "flower"):
+        assert package in pins
+    assert lock.count("--hash=sha256:") >= len(requirements)
+
+
+def test_migration_and_admin_run_once_from_the_first_node(local) -> None:
+    engine, outputs = local
+    migrate = [s for s in engine.steps() if s.step == "airflow-db-migrate"]
+    assert [s.node for s in migrate] == [next(iter(outputs["nodes"]))]
+    script = migrate[0].script
+    assert "airflow db migrate" in script
+    assert "airflow users create --username 'admin'" in script
+    assert "--role Admin" in script
+
+
+def test_restarts_only_after_a_change(local) -> None:
+    engine, _ = local
+    for step in _steps(engine, "airflow-config").values():
+        marker = "touch /var/lib/airflow-ha/airflow-restart-needed"
+        assert f'if [ -n "$CHANGED" ]; then\n  {marker}' in step.script
+        assert not any(f"restart {name}" in step.script for name in SERVICES)
+    for step in _steps(engine, "airflow-start").values():
+        assert "if [ -e /var/lib/airflow-ha/airflow-restart-needed ]; then" in step.script
+
+
+def _shellcheck(path) -> None:
+    result = subprocess.run(
+        ["shellcheck", "-S", "warning", str(path)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, f"{path.name}:\n{result.stdout}"
+
+
+def test_scripts_pass_bash_n_and_shellcheck(local, tmp_path) -> None:
+    if not shutil.which("shellcheck"):
+        pytest.fail("shellcheck is missing: apt-get install shellcheck (tools/setup.sh does)")
+    engine, _ = local
+    for step in engine.steps():
+        if step.node != "node-a" or not step.step.startswith("airflow"):
+            continue
+        path = tmp_path / f"{step.step}.sh"
+        path.write_text(step.script)
+        subprocess.run(["bash", "-n", str(path)], check=True)
+        _shellcheck(path)
+    install = _steps(engine, "airflow-install")["node-a"]
+    wrapper = tmp_path / "airflow-cli.sh"
+    wrapper.write_text(_file(install, airflow.CLI_WRAPPER))
+    _shellcheck(wrapper)
+
+
+def test_log_firewall_rules_parse_with_nft(local, tmp_path) -> None:
+    if not shutil.which("nft"):
+        pytest.fail("nft is missing: apt-get install nftables (tools/setup.sh does)")
+    engine, _ = local
+    path = tmp_path / "rules.nft"
+    path.write_text(_file(_steps(engine, "airflow-config")["node-a"], airflow.LOG_FIREWALL))
+    result = subprocess.run(["nft", "-c", "-f", str(path)], capture_output=True, text=True)
+    if result.returncode != 0 and "Operation not permitted" in result.stderr:
+        pytest.skip("nft -c needs CAP_NET_ADMIN here")
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_config_change_re_runs_the_start_step_and_nothing_else_restarts(values, deploy) -> None:
+    def start_scripts(**overrides):
+        engine, _ = deploy(values("local", **overrides), stack="local")
+        return {node: step.script for node, step in _steps(engine, "airflow-start").items()}
+
+    base = start_scripts()
+    assert base == start_scripts(), "the start step must render the same twice"
+    changed = start_scripts(celeryWorkerConcurrency=2)
+    assert all(changed[node] != base[node] for node in base)
+
+
+FAKE_PSYCOPG2 = '''
+import json, os
+
+
+class Error(Exception):
+    pass
+
+
+class _Cursor:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def execute(self, sql, args):
+        assert args == (os.environ["FAKE_HOST"],)
+
+    def fetchall(self):
+        return list(json.loads(os.environ["FAKE_AGES"]).items())
+
+
+class _Conn(_Cursor):
+    def cursor(self):
+        return _Cursor()
+
+
+def connect(url, **kwargs):
+    if os.environ.get("FAKE_DB_DOWN"):
+        raise Error("connection refused")
+    assert url.startswith("postgresql://airflow:")
+    return _Conn()
+'''
+
+FAKE_SYSTEMCTL = """#!/bin/sh
+if [ "$1" = show ]; then
+  echo ActiveState=active
+  echo "ActiveEnterTimestampMonotonic=$FAKE_SINCE_US"
+else
+  echo "$*" >> "$FAKE_CALLS"
+fi
+"""
+
+
+def test_watchdog_restarts_only_a_unit_whose_job_stopped_heart_beating(local, tmp_path) -> None:
+    import socket
+    import sys
+    import time
+
+    engine, _ = local
+    step = _steps(engine, "airflow-config")["node-a"]
+    cfg_path = tmp_path / "airflow.cfg"
+    cfg_path.write_text(_file(step, airflow.AIRFLOW_CFG))
+    script = _file(step, airflow.WATCHDOG_SCRIPT)
+    script = script.replace(airflow.AIRFLOW_CFG, str(cfg_path))
+    script = script.replace("/run/airflow-ha-watchdog.json", str(tmp_path / "state.json"))
+    (tmp_path / "watchdog.py").write_text(script)
+    (tmp_path / "psycopg2.py").write_text(FAKE_PSYCOPG2)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "systemctl").write_text(FAKE_SYSTEMCTL)
+    (bin_dir / "systemctl").chmod(0o755)
+    calls = tmp_path / "calls"
+
+    def run(ages: dict, up_seconds: float, db_down: bool = False) -> list[str]:
+        since_us = int((time.monotonic() - up_seconds) * 1e6)
+        env = {
+            "PATH": f"{bin_dir}:/usr/bin:/bin",
+            "PYTHONPATH": str(tmp_path),
+            "FAKE_HOST": socket.getfqdn(),
+            "FAKE_AGES": json.dumps(ages),
+            "FAKE_SINCE_US": str(since_us),
+            "FAKE_CALLS": str(calls),
+            **({"FAKE_DB_DOWN": "1"} if db_down else {}),
+        }
+        subprocess.run([sys.executable, str(tmp_path / "watchdog.py")], env=env, check=True)
+        return calls.read_text().splitlines() if calls.exists() else []
+
+    fresh = {"SchedulerJob": 3.0, "DagProcessorJob": 4.0, "TriggererJob": 2.0}
+    stale = {**fresh, "SchedulerJob": 400.0}
+    assert run(fresh, up_seconds=3600) == []
+    assert run(stale, up_seconds=60) == []  # just started: within the grace period
+    assert run(stale, up_seconds=3600, db_down=True) == []  # nothing decided without the DB
+    assert run(stale, up_seconds=3600) == []  # first strike
+    # Second strike: killed (a hung process ignores SIGTERM), Restart=always brings it back.
+    assert run(stale, up_seconds=3600) == ["kill --signal=SIGKILL airflow-scheduler"]
+    calls.unlink()
+    assert run(fresh, up_seconds=3600) == []

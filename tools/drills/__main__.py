@@ -1,0 +1,5 @@
+import sys
+
+from tools.drills.cli import main
+
+sys.exit(main())

@@ -1,0 +1,160 @@
+"""The suite's table: printed, and written as JSON and Markdown to benchmarks/results/."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tools.drills.drills import median
+
+COLUMNS = (
+    ("drill", "drill"),
+    ("runs", "runs"),
+    ("db_s", "DB writes s"),
+    ("broker_s", "publishes s"),
+    ("airflow_s", "new DAG run s"),
+    ("rows", "rows lost"),
+    ("messages", "msgs lost"),
+    ("dag_runs", "DAG runs lost"),
+    ("rejoin_s", "rejoin s"),
+    ("result", "result"),
+)
+
+
+def _sum(values: list[int | None]) -> int | str:
+    return "?" if any(v is None for v in values) else sum(v for v in values if v is not None)
+
+
+def table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per drill: medians of the outages and rejoin times, sums of what was lost."""
+    rows = []
+    for name in dict.fromkeys(r["drill"] for r in records):
+        runs = [r for r in records if r["drill"] == name]
+        done = [r for r in runs if "outage_s" in r]
+        failed = sorted(
+            {check for r in runs for check, ok in r.get("checks", {}).items() if not ok}
+            | {f"error: {r['error'][:80]}" for r in runs if r.get("error")}
+        )
+        rows.append(
+            {
+                "drill": runs[0]["label"],
+                "name": name,
+                "runs": len(runs),
+                "db_s": median([r["outage_s"]["db"] for r in done]),
+                "broker_s": median([r["outage_s"]["broker"] for r in done]),
+                "airflow_s": median([r["outage_s"]["airflow"] for r in done]),
+                "outage_ranges": {
+                    k: _range([r["outage_s"][k] for r in done]) for k in ("db", "broker", "airflow")
+                },
+                "rows": _sum([r.get("lost", {}).get("rows") for r in runs]),
+                "messages": _sum([r.get("lost", {}).get("messages") for r in runs]),
+                "dag_runs": _sum([r.get("lost", {}).get("dag_runs") for r in runs]),
+                "rejoin_s": median([r.get("rejoin_s") for r in done]),
+                "result": "ok"
+                if all(r.get("ok") for r in runs)
+                else "FAILED: " + "; ".join(failed),
+            }
+        )
+    return rows
+
+
+def _range(values: list[float | None]) -> list[float] | None:
+    known = [v for v in values if v is not None]
+    return [min(known), max(known)] if known else None
+
+
+def _cell(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def text_table(rows: list[dict[str, Any]]) -> str:
+    widths = {key: max(len(title), *(len(_cell(r[key])) for r in rows)) for key, title in COLUMNS}
+    widths["result"] = min(widths["result"], 60)
+    lines = ["  ".join(title.ljust(widths[key]) for key, title in COLUMNS)]
+    for row in rows:
+        lines.append(
+            "  ".join(
+                _cell(row[key])[: widths[key]].ljust(widths[key])
+                if key in ("drill", "result")
+                else _cell(row[key]).rjust(widths[key])
+                for key, _ in COLUMNS
+            )
+        )
+    return "\n".join(lines)
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    rows, machine, versions = doc["table"], doc["machine"], doc["versions"]
+    settings = doc["settings"]
+    out = [
+        f"# airflow-ha drills, {doc['date']}",
+        "",
+        f"`{doc['command']}` ({'quick form' if doc['quick'] else 'full suite'}, "
+        f"{doc['runs']} run(s) per drill, {doc['minutes']} min). Host: {machine['cores']} cores "
+        f"({machine['cpu']}), {machine['ram_gb']} GB RAM, {machine['host_os']}; "
+        f"{machine['nodes']}, {versions['node_os']}.",
+        "",
+        f"Versions: PostgreSQL {versions['postgresql']}, Patroni {versions['patroni']}, "
+        f"etcd {versions['etcd']}, RabbitMQ {versions['rabbitmq']}, HAProxy "
+        f"{versions['haproxy']}, Airflow {versions['airflow']}.",
+        "",
+        f"Settings: Patroni (stack) ttl/loop_wait/retry_timeout {settings['patroni_stack']}, "
+        f"synchronous_mode {settings['synchronous_mode']}; HAProxy `{settings['haproxy_check']}`; "
+        f"workload: a commit every {settings['writer_interval_s']} s through HAProxy, a confirmed "
+        f"publish every {settings['publish_interval_s']} s, a probe DAG run every "
+        f"{settings['dag_interval_s']} s.",
+        "",
+        "Outage columns are medians over the runs, in seconds: DB writes = longest wait for an "
+        "acknowledged commit after the event; publishes = the same for publisher confirms; new "
+        "DAG run = event until the first task of a run created after it started (baseline "
+        "trigger-to-start latency included). Lost = acknowledged, then missing. Rejoin = how "
+        "long the failed part took to come back by itself (per drill in docs/resilience.md).",
+        "",
+        "| " + " | ".join(title for _, title in COLUMNS) + " |",
+        "|" + "|".join("---" if key in ("drill", "result") else "--:" for key, _ in COLUMNS) + "|",
+    ]
+    for row in rows:
+        out.append("| " + " | ".join(_cell(row[key]) for key, _ in COLUMNS) + " |")
+    out += ["", "## Every run", ""]
+    for record in doc["records"]:
+        out.append(f"- **{record['label']}** run {record.get('run', 1)}: " + summary(record))
+    return "\n".join(out) + "\n"
+
+
+def summary(record: dict[str, Any]) -> str:
+    if "outage_s" not in record:
+        return f"ERROR {record.get('error')}"
+    details = record.get("details", {})
+    parts = [
+        f"victim {record.get('victim')}, workload on {record.get('runner')}",
+        "outage " + ", ".join(f"{k} {_cell(v)} s" for k, v in record["outage_s"].items()),
+        "lost " + ", ".join(f"{k} {_cell(v)}" for k, v in record["lost"].items()),
+        f"rejoin {_cell(record.get('rejoin_s'))} s",
+    ]
+    brain = details.get("split_brain")
+    if brain:
+        seen = details["monitor"]
+        parts.append(
+            f"partition {details['partition_s']} s (ttl {details['ttl']}); new primary "
+            f"{brain.get('new_primary')} after {details['new_primary_after_s']} s; acks per node "
+            f"{brain['acknowledged']}; handover gap {brain.get('handover_gap_s')} s (isolated "
+            f"primary's last ack -> new primary's first); isolated Patroni demoted after "
+            f"{seen['patroni_demoted_after_s']} s; isolated RabbitMQ paused after "
+            f"{seen['rabbit_paused_after_s']} s"
+        )
+    failed = [c for c, ok in record.get("checks", {}).items() if not ok]
+    parts.append(
+        "checks ok"
+        if not failed and not record.get("error")
+        else f"FAILED {failed} {record.get('error') or ''}".strip()
+    )
+    return "; ".join(parts)
+
+
+def write(doc: dict[str, Any], out_dir: Path, stem: str) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    json_path.write_text(json.dumps(doc, indent=1, default=str) + "\n")
+    md_path.write_text(markdown(doc))
+    return json_path, md_path
