@@ -2,7 +2,7 @@
 STACK ?= dev
 PY := .venv/bin/python
 
-.PHONY: help setup test render local-up local-down test-cluster drills
+.PHONY: help setup test render local-up local-down test-cluster test-drills
 
 help:
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
@@ -22,7 +22,10 @@ local-up: ## three local Debian 13 machines, then deploy the local stack onto th
 	$(PY) -m tools.deploy --stack local
 
 test-cluster: local-up ## the real-daemon tests on the local machines (root)
-	.venv/bin/pytest -m cluster tests/cluster
+	.venv/bin/pytest -m cluster tests/cluster --ignore=tests/cluster/test_drills.py
+
+test-drills: local-up ## the resilience suite's quick form as tests (long: machines are stopped)
+	.venv/bin/pytest -m cluster tests/cluster/test_drills.py
 
 local-down: ## stop the local machines and remove everything they added to the host
 	python3 -m tools.localcloud down

@@ -31,6 +31,7 @@ import fcntl
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -293,6 +294,10 @@ def cluster_lock() -> Iterator[None]:
         yield
 
 
+def _terminated(signum, frame) -> None:
+    raise SystemExit(f"terminated by signal {signum}")
+
+
 def localcloud(*args: str) -> None:
     subprocess.run(
         [sys.executable, "-m", "tools.localcloud", *args], cwd=REPO, check=True, timeout=600
@@ -327,6 +332,9 @@ def drill(api_node: str, victim: str, writer: str, tasks: int, seconds: int) -> 
         figures["running_at_kill"] = len(running)
         figures["lost_tasks"] = len(lost)
 
+        # A SIGTERM (a timeout, a CI stop) must still bring the machine back: make it an
+        # exception, so that the `finally` below runs.
+        previous = signal.signal(signal.SIGTERM, _terminated)
         killed = time.time()
         localcloud("stop", "--kill", victim)
         try:
@@ -384,6 +392,7 @@ def drill(api_node: str, victim: str, writer: str, tasks: int, seconds: int) -> 
             # Whatever happened above, the machine comes back.
             started = time.time()
             localcloud("start", victim)
+            signal.signal(signal.SIGTERM, previous)
         # Everything on it starts by itself.
         deadline = time.monotonic() + 600
         while True:

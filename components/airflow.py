@@ -297,6 +297,7 @@ class AirflowTier(pulumi.ComponentResource):
         lock_path = f"{AIRFLOW_HOME}/requirements-{cfg.airflow_version}-{PYTHON_TAG}.txt"
         account = {"user": AIRFLOW_USER, "uid": AIRFLOW_UID, "home": AIRFLOW_HOME}
 
+        unit_names = [*services(cfg, nodes[0].spec.name), *([UI_TLS_UNIT] if cfg.public_ui else [])]
         configured: dict[str, pulumi.Resource] = {}
         digests: dict[str, pulumi.Output[str]] = {}
         for node in nodes:
@@ -402,6 +403,11 @@ class AirflowTier(pulumi.ComponentResource):
                         "node": name,
                         "marker": RESTART_MARKER,
                         "units": [f.path for f in files if f.path.startswith(UNIT_DIR)],
+                        "restart_files": [
+                            AIRFLOW_CFG,
+                            AIRFLOW_ENV,
+                            *(f"{UNIT_DIR}/{unit}.service" for unit in unit_names),
+                        ],
                         "rules": LOG_FIREWALL,
                         "public_ui": cfg.public_ui,
                         "config_dir": CONFIG_DIR,
@@ -435,7 +441,6 @@ class AirflowTier(pulumi.ComponentResource):
             timeout_minutes=20,
         )
 
-        unit_names = [*services(cfg, first.spec.name), *([UI_TLS_UNIT] if cfg.public_ui else [])]
         # One node after the other: a changed config or venv restarts the units of one node at a
         # time, so the other two keep scheduling and running tasks meanwhile.
         self.ready: dict[str, pulumi.Resource] = {}

@@ -23,9 +23,10 @@ import pulumi_command as command
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 FILE_DELIMITER = "__AIRFLOW_HA_FILE__"
-# The script arrives on stdin; it is saved first so that commands inside it (apt, ssh) cannot
-# read the rest of it as their input.
-RUN_SCRIPT = 'umask 077; f=$(mktemp); trap "rm -f $f" EXIT; cat > "$f"; bash "$f" < /dev/null'
+# The script arrives on stdin; it is saved first (mktemp: mode 0600) so that commands inside it
+# (apt, ssh) cannot read the rest of it as their input. It runs with umask 022 whatever the login
+# shell's is: the venv and configs it creates must be readable by the service users.
+RUN_SCRIPT = 'f=$(mktemp); trap "rm -f $f" EXIT; cat > "$f"; umask 022; bash "$f" < /dev/null'
 
 _jinja = jinja2.Environment(
     loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),

@@ -286,7 +286,9 @@ def test_restarts_only_after_a_change(local) -> None:
     engine, _ = local
     for step in _steps(engine, "airflow-config").values():
         marker = "touch /var/lib/airflow-ha/airflow-restart-needed"
-        assert f'if [ -n "$CHANGED" ]; then\n  {marker}' in step.script
+        for path in (airflow.AIRFLOW_CFG, "/etc/systemd/system/airflow-worker.service"):
+            assert f"if changed {path}; then {marker}; fi" in step.script
+        assert f"if changed {airflow.WATCHDOG_SCRIPT}; then" not in step.script
         assert not any(f"restart {name}" in step.script for name in SERVICES)
     for step in _steps(engine, "airflow-start").values():
         assert "if [ -e /var/lib/airflow-ha/airflow-restart-needed ]; then" in step.script
