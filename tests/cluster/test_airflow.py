@@ -15,6 +15,21 @@ from tests.cluster.conftest import NODES
 pytestmark = pytest.mark.cluster
 
 TASKS = 30
+SETTLE_S = 300
+
+
+@pytest.fixture(scope="module", autouse=True)
+def settled(cluster) -> None:
+    """A deploy that just (re)started the units is given time to converge (all six units
+    active, every health component healthy); the tests then check what must hold."""
+    deadline = time.monotonic() + SETTLE_S
+    waiting = list(NODES)
+    while waiting and time.monotonic() < deadline:
+        waiting = [node for node in waiting if not drill.node_rejoined(node)]
+        if waiting:
+            time.sleep(5)
+    assert not waiting, f"Airflow not healthy after {SETTLE_S}s on {waiting}"
+
 # Every key of airflow.cfg must be one Airflow (with its providers) knows: a typo is otherwise
 # silently ignored.
 KNOWN_KEYS = r"""
