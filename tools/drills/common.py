@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import shlex
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -79,8 +80,11 @@ def machine_state() -> dict[str, dict[str, bool]]:
 
 
 def partition(node: str, verify: bool = True) -> float:
+    """Cut the machine off; returns when the command started (the cut happens a fraction of a
+    second later; the check that the others cannot ping it takes another second or two)."""
+    at = time.time()
     localcloud("partition", node, *([] if verify else ["--no-verify"]))
-    return time.time()
+    return at
 
 
 def heal(node: str) -> None:
@@ -220,6 +224,46 @@ def members_from(nodes: list[str]) -> list[dict[str, Any]] | None:
         if result is not None and result.returncode == 0 and result.stdout.strip():
             return json.loads(result.stdout)
     return None
+
+
+def repair_stuck_replicas(log: Log = say) -> list[str]:
+    """Last resort after a drill, when a Patroni member neither leads nor streams: re-clone it
+    (`patronictl reinit`). A manual step: the drill that needed it fails."""
+    listing = members_from(NODES) or []
+    leader = failover.leader_of(listing)
+    done = []
+    for member in listing:
+        if leader and member["Role"] != "Leader" and member["State"] != "streaming":
+            log(f"  REPAIR by hand: patronictl reinit {member['Member']} ({member['State']})")
+            ssh(
+                leader,
+                f"{failover.PATRONICTL} reinit {member['Cluster']} {member['Member']} --force",
+                timeout=120,
+            )
+            done.append(f"patronictl reinit {member['Member']}")
+    return done
+
+
+class Watch(threading.Thread):
+    """Polls `check` in the background until it is true; `seconds` = when, from `since`."""
+
+    def __init__(
+        self, check: Callable[[], bool], since: float, timeout: float = 300, every: float = 2
+    ) -> None:
+        super().__init__(daemon=True)
+        self.check, self.since, self.timeout, self.every = check, since, timeout, every
+        self.seconds: float | None = None
+
+    def run(self) -> None:
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            try:
+                if self.check():
+                    self.seconds = round(time.time() - self.since, 1)
+                    return
+            except Exception:  # a failed look counts as "not yet"
+                pass
+            time.sleep(self.every)
 
 
 def live_schedulers(node: str, password: str) -> set[str]:

@@ -55,6 +55,15 @@ def others(*nodes: str | None) -> list[str]:
     return [n for n in NODES if n not in nodes]
 
 
+def rejoined(suite: Suite, since: float, timeout: float = 600) -> dict[str, Any]:
+    """wait_healthy, but a part that does not rejoin is a result (all_s None), not an error."""
+    try:
+        return common.wait_healthy(suite.mesh, suite.secrets.db, since=since, timeout=timeout)
+    except TimeoutError as exc:
+        suite.log(f"  NOT REJOINED: {exc}")
+        return {"all_s": None, "parts_s": {}, "not_rejoined": str(exc)}
+
+
 def workload_outages(figures: dict[str, Any]) -> dict[str, float | None]:
     return {
         "db": figures.get("db", {}).get("outage_s"),
@@ -88,12 +97,18 @@ def run(suite: Suite, name: str, label: str, body: Callable[[Suite, dict], None]
             suite.log(f"  FAILED: {record['error']}")
             traceback.print_exc()
         finally:
-            try:
+            try:  # leave the cluster healthy for the next drill, by hand if it must be
                 done = common.restore_machines(before, suite.log)
                 if done:
                     record["restored_after_failure"] = done
-                if "error" in record:  # leave it healthy for the next drill if we can
-                    common.wait_healthy(suite.mesh, suite.secrets.db, timeout=600, log=suite.log)
+                try:
+                    common.wait_healthy(suite.mesh, suite.secrets.db, timeout=120, log=say)
+                except TimeoutError:
+                    repaired = common.repair_stuck_replicas(suite.log)
+                    if repaired:
+                        record["repaired_by_hand"] = repaired
+                        record["checks"]["every part rejoined without a manual step"] = False
+                    common.wait_healthy(suite.mesh, suite.secrets.db, timeout=600, log=say)
             except Exception as exc:
                 record.setdefault("error", f"restore: {type(exc).__name__}: {exc}")
                 record["restore_error"] = f"{type(exc).__name__}: {exc}"
@@ -393,7 +408,7 @@ def machine_stop(suite: Suite, record: dict) -> None:
             started_at = time.time()
             common.start_machine(victim)
             suite.log(f"  {victim} started again")
-        health = common.wait_healthy(suite.mesh, suite.secrets.db, since=started_at)
+        health = rejoined(suite, started_at)
         figures = wl.finish(event)
     finally:
         wl.stop()
@@ -413,6 +428,7 @@ def machine_stop(suite: Suite, record: dict) -> None:
         },
     )
     record["checks"]["a DAG run was in flight on the machine"] = bool(in_flight)
+    record["checks"]["every part rejoined by itself"] = health["all_s"] is not None
 
 
 def split_brain_check(acks: dict[str, list[float]], victim: str) -> dict[str, Any]:
@@ -463,7 +479,7 @@ def monitor_check(
 
     paused = [t for t, v in during(victim, "diag") if v == "stopped"]
     closed = [t for t, v in during(victim, "amqp") if v == "closed"]
-    demoted = [t for t, v in during(victim, "patroni") if not v.startswith("primary")]
+    demoted = [t for t, v in during(victim, "patroni") if v != "primary/running"]
     survivors_paused = sum(
         1 for node in samples if node != victim for _, v in during(node, "diag") if v == "stopped"
     )
@@ -509,31 +525,38 @@ def partition(suite: Suite, record: dict) -> None:
         time.sleep(BASELINE_S)
         event = common.partition(victim)
         suite.log(f"  {victim} (the primary) partitioned")
+        survivors = others(victim)
+
+        def promoted() -> bool:
+            return failover.leader_of(common.members_from(survivors) or []) in survivors
+
+        def rabbit_gone() -> bool:
+            running = broker_drill.running_nodes(runner)
+            return bool(running) and f"rabbit@{victim}" not in running
+
+        watches = {
+            "promoted": common.Watch(promoted, event),
+            "rabbit": common.Watch(rabbit_gone, event),
+        }
+        for watch in watches.values():
+            watch.start()
         try:
-            promoted = None
-            deadline = time.monotonic() + 180
-            while promoted is None and time.monotonic() < deadline:
-                listing = common.members_from(others(victim)) or []
-                new = failover.leader_of(listing)
-                if new and new != victim:
-                    promoted = round(time.time() - event, 1)
-                time.sleep(1)
-            suite.log(f"  new primary {new} after {promoted} s")
-            recovered = wl.wait_recovered(event)
-            rabbit_down = None
-            deadline = time.monotonic() + 240
-            while rabbit_down is None and time.monotonic() < deadline:
-                if f"rabbit@{victim}" not in broker_drill.running_nodes(runner):
-                    rabbit_down = round(time.time() - event, 1)
-                time.sleep(1)
-            suite.log(f"  the survivors saw rabbit@{victim} down after {rabbit_down} s")
+            recovered = wl.wait_recovered(event, names=("db", "broker"))
+            for watch in watches.values():
+                watch.join()
+            rabbit_down = watches["rabbit"].seconds
+            suite.log(
+                f"  a survivor was primary after {watches['promoted'].seconds} s; the survivors "
+                f"saw rabbit@{victim} down after {rabbit_down} s"
+            )
+            # Past Patroni's ttl, and long enough for the cut-off RabbitMQ to pause and be seen.
             hold_until = event + max(ttl + 10, (rabbit_down or 0) + 20)
             time.sleep(max(0.0, hold_until - time.time()))
         finally:
             healed_at = time.time()
             common.heal(victim)
             suite.log(f"  {victim} healed after {healed_at - event:.0f} s")
-        health = common.wait_healthy(suite.mesh, suite.secrets.db, since=healed_at)
+        health = rejoined(suite, healed_at)
         direct_acks = {n: w.acks() for n, w in direct.items()}
         monitor_lines = {n: m.stop() for n, m in monitors.items()}
         figures = wl.finish(event)
@@ -559,7 +582,7 @@ def partition(suite: Suite, record: dict) -> None:
         details={
             "partition_s": round(healed_at - event, 1),
             "ttl": ttl,
-            "new_primary_after_s": promoted,
+            "new_primary_after_s": watches["promoted"].seconds,
             "survivors_saw_rabbit_down_after_s": rabbit_down,
             "recovered": recovered,
             "split_brain": brain,
@@ -577,7 +600,8 @@ def partition(suite: Suite, record: dict) -> None:
             "the new primary was the synchronous standby": brain.get("new_primary") == sync,
             "RabbitMQ on the isolated node paused": seen["rabbit_paused_samples"] > 0,
             "RabbitMQ on the majority kept running": seen["survivor_rabbit_paused_samples"] == 0,
-            "the isolated node rejoined by itself": last["diag"] == "running"
+            "the isolated node rejoined by itself": health["all_s"] is not None
+            and last["diag"] == "running"
             and last["etcd"] == "healthy"
             and (last["patroni"] or "").startswith("replica"),
         }
@@ -617,7 +641,7 @@ def region_lost(suite: Suite, record: dict) -> None:
             restored_at = time.time()
             common.start_machine(victim)
             suite.log(f"  {victim} healed and started after {restored_at - event:.0f} s")
-        health = common.wait_healthy(suite.mesh, suite.secrets.db, since=restored_at)
+        health = rejoined(suite, restored_at)
         figures = wl.finish(event)
     finally:
         wl.stop()
@@ -637,6 +661,7 @@ def region_lost(suite: Suite, record: dict) -> None:
         },
     )
     record["checks"]["the synchronous standby took over"] = new == sync
+    record["checks"]["every part rejoined by itself"] = health["all_s"] is not None
 
 
 # --- the list ---------------------------------------------------------------------------------

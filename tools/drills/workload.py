@@ -269,9 +269,14 @@ class Workloads:
         runs = self.runs().items()
         return [rid for rid, r in runs if "running" in r["task_states"] and node in r["hosts"]]
 
-    def wait_recovered(self, event: float, timeout: float = 300) -> dict[str, float | None]:
+    def wait_recovered(
+        self,
+        event: float,
+        timeout: float = 300,
+        names: tuple[str, ...] = ("db", "broker", "airflow"),
+    ) -> dict[str, float | None]:
         """Seconds from the event until each workload succeeded again (None: not in time)."""
-        pending = {"broker", "airflow"} | ({"db"} if self.writer else set())
+        pending = {n for n in names if n != "db" or self.writer}
         found: dict[str, float | None] = {}
         deadline = time.monotonic() + timeout
         while pending and time.monotonic() < deadline:
