@@ -39,6 +39,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
+from benchmarks import failover
 from tools.localcloud.machines import MACHINES, by_name, ssh_command
 
 REPO = Path(__file__).resolve().parent.parent
@@ -243,7 +244,27 @@ def node_rejoined(node: str) -> bool:
     if active.returncode != 0:
         return False
     health = Api(node).health()
-    return all(part.get("status") == "healthy" for part in health.values())
+    if not all(part.get("status") == "healthy" for part in health.values()):
+        return False
+    # The health endpoint is cluster-wide (any scheduler will do): this node's own jobs too.
+    return own_jobs_fresh(node)
+
+
+# This node's scheduler, DAG processor and triggerer, each with a fresh job heartbeat.
+OWN_JOBS_SQL = (
+    "SELECT count(DISTINCT job_type) FROM job WHERE hostname = '{node}' AND state = 'running'"
+    " AND job_type IN ('SchedulerJob', 'DagProcessorJob', 'TriggererJob')"
+    " AND latest_heartbeat > now() - interval '30 seconds'"
+)
+
+
+def own_jobs_fresh(node: str) -> bool:
+    try:
+        sql = OWN_JOBS_SQL.format(node=node)
+        out = failover.psql(node, sql, failover.db_password(), timeout=30)
+    except Exception:  # unreachable or failing: not rejoined yet
+        return False
+    return out.strip() == "3"
 
 
 def schedulers_alive(node: str) -> int:

@@ -87,9 +87,9 @@ DB_MAX_OVERFLOW = 5
 # The watchdog restarts a scheduler, DAG processor or triggerer that hangs (its unit active, its
 # job's heartbeat stale) instead of exiting; see templates/airflow/watchdog.py.j2.
 WATCHDOG_SCRIPT = "/usr/local/sbin/airflow-ha-watchdog"
-WATCHDOG_INTERVAL_S = 30
-WATCHDOG_STALE_S = 90
-WATCHDOG_GRACE_S = 180
+WATCHDOG_INTERVAL_S = 15
+WATCHDOG_STALE_S = 60
+WATCHDOG_GRACE_S = 90
 WATCHDOG_CHECKS = 2
 
 RESTART_SEC = 5

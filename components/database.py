@@ -107,6 +107,10 @@ def pg_hba(cfg: ClusterConfig) -> list[str]:
     mesh = cfg.mesh_cidr
     return [
         f"local all {SUPERUSER} peer",
+        # Patroni's own replication connection to its local PostgreSQL (timeline checks
+        # before a rewind) goes to localhost.
+        f"host replication {REPLICATION_USER} 127.0.0.1/32 scram-sha-256",
+        f"host replication {REPLICATION_USER} ::1/128 scram-sha-256",
         f"host replication {REPLICATION_USER} {mesh} scram-sha-256",
         f"host postgres {REWIND_USER} {mesh} scram-sha-256",
         f"host {AIRFLOW_DB} {AIRFLOW_USER} {mesh} scram-sha-256",

@@ -164,7 +164,10 @@ def test_pg_hba_admits_only_the_mesh_by_password_and_postgres_on_the_socket(loca
             ("airflow", "airflow"),
         }
         for line in remote:
-            assert line[0] == "host" and line[3] == "10.42.0.0/24" and line[4] == "scram-sha-256"
+            assert line[0] == "host" and line[4] == "scram-sha-256"
+            # Only the mesh, and loopback for Patroni's own replication connection.
+            loopback = line[3] in ("127.0.0.1/32", "::1/128")
+            assert line[3] == "10.42.0.0/24" or (loopback and line[1] == "replication")
         assert all(h[0] == "local" and h[2] == "postgres" for h in hba if h not in remote)
 
 
