@@ -243,7 +243,10 @@ def node_rejoined(node: str) -> bool:
     active = ssh(node, f"systemctl is-active {units}", check=False, timeout=30)
     if active.returncode != 0:
         return False
-    health = Api(node).health()
+    try:
+        health = Api(node).health()
+    except RuntimeError:  # the api-server is not answering yet
+        return False
     if not all(part.get("status") == "healthy" for part in health.values()):
         return False
     # The health endpoint is cluster-wide (any scheduler will do): this node's own jobs too.
