@@ -50,6 +50,9 @@ HAPROXY_STATS_PORT = 7000
 #   is proof enough; waiting for more would add seconds to every failover.
 HAPROXY_CHECK = {"inter": "1s", "fall": 2, "rise": 1, "timeout": "1s"}
 HAPROXY_MAXCONN = 2000
+# libpq's connect timeout for Airflow: a connect (TCP to HAProxy, then the server's greeting and
+# authentication) that takes longer fails and is retried by the client, instead of hanging.
+DB_CONNECT_TIMEOUT_S = 10
 
 PATRONI_CONFIG = "/etc/patroni/config.yml"
 PATRONI_DROPIN = "/etc/systemd/system/patroni.service.d/airflow-ha.conf"
@@ -158,7 +161,7 @@ class DatabaseTier(pulumi.ComponentResource):
             pulumi.Output.concat(
                 f"postgresql+psycopg2://{AIRFLOW_USER}:",
                 passwords["airflow"],
-                f"@127.0.0.1:{HAPROXY_PRIMARY_PORT}/{AIRFLOW_DB}",
+                f"@127.0.0.1:{HAPROXY_PRIMARY_PORT}/{AIRFLOW_DB}?connect_timeout={DB_CONNECT_TIMEOUT_S}",
             )
         )
 

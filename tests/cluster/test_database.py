@@ -7,19 +7,26 @@ benchmarks/failover.py repeats it per timing set and prints the medians.
 from __future__ import annotations
 
 import json
+import subprocess
+import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from benchmarks import failover
 from benchmarks.broker_drill import ClusterLock
 from tests.cluster.conftest import NODES
+from tools.localcloud.machines import by_name, ssh_command
 
 pytestmark = pytest.mark.cluster
 MESH = {"node-a": "10.42.0.1", "node-b": "10.42.0.2", "node-c": "10.42.0.3"}
 ETCDCTL = "ETCDCTL_API=3 etcdctl --endpoints=http://127.0.0.1:2379"
 PATRONICTL = "patronictl -c /etc/patroni/config.yml"
+# After the failover and the old primary's rejoin, every client must have made progress again
+# within this long.
+CLIENT_RECOVERY_S = 20
 
 
 @pytest.fixture(scope="module")
@@ -116,11 +123,45 @@ def test_a_row_written_through_haproxy_lands_on_the_primary_and_the_replicas(
     assert failover.psql(node, "select pg_is_in_recovery()", password, port=5001).strip() == "t"
 
 
+CLIENTS = Path(__file__).resolve().parent / "agents" / "db_clients.py"
+CLIENTS_ON_NODE = f"{failover.DRILL_DIR}/db_clients.py"
+CLIENTS_STOP = f"{failover.DRILL_DIR}/db-clients.stop"
+
+
+def start_clients(node: str, password: str) -> subprocess.Popen[str]:
+    """db_clients.py on a node: clients without timeouts through its HAProxy, until stopped."""
+    failover.ssh(
+        node,
+        f"mkdir -p {failover.DRILL_DIR} && rm -f {CLIENTS_STOP} && cat > {CLIENTS_ON_NODE}",
+        stdin=CLIENTS.read_text(),
+    )
+    proc = subprocess.Popen(
+        ssh_command(by_name(node), f"python3 {CLIENTS_ON_NODE}"),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(password + "\n")
+    proc.stdin.close()
+    return proc
+
+
 def test_killing_the_primary_fails_over_without_losing_a_row(cluster, password) -> None:
     with ClusterLock():
+        primary = failover.leader_of(failover.wait_healthy())
+        clients = {n: start_clients(n, password) for n in NODES if n != primary}
         drill = failover.crash_drill(password)
         print(json.dumps(drill, indent=1))
         listing = failover.wait_healthy()
+        time.sleep(CLIENT_RECOVERY_S)
+        for node in clients:
+            failover.ssh(node, f"touch {CLIENTS_STOP}")
+        idle = {n: json.loads(p.stdout.read())["idle_s"] for n, p in clients.items()}
+    print(f"client threads, seconds since their last round: {idle}")
+    # No client is left hanging by the failover (HAProxy's connect retries once did that).
+    hanging = {n: [t for t, s in v.items() if s > CLIENT_RECOVERY_S] for n, v in idle.items()}
+    assert not any(hanging.values()), f"client threads hanging since the failover: {hanging}"
     assert drill["outage_s"] is not None, "no commit succeeded after the kill"
     assert drill["new_leader"] != drill["victim"]
     # synchronous_mode: only the standby that had every acknowledged commit may be promoted.

@@ -107,7 +107,9 @@ def test_airflow_cfg_per_node(local) -> None:
         # Workers, triggerer and DAG processor use this node's own api-server.
         assert cfg["core"]["execution_api_server_url"] == f"http://{mesh}:8080/execution/"
         conn = cfg["database"]["sql_alchemy_conn"]
-        assert re.fullmatch(r"postgresql\+psycopg2://airflow:[^@]+@127\.0\.0\.1:5000/airflow", conn)
+        # Through the local HAProxy; a connect that hangs fails after 10 s instead.
+        pattern = r"postgresql\+psycopg2://airflow:[^@]+@127\.0\.0\.1:5000/airflow\?connect_timeout=10"
+        assert re.fullmatch(pattern, conn)
         assert cfg["celery"]["result_backend"] == f"db+{conn}"
         brokers = cfg["celery"]["broker_url"].split(";")
         assert [re.search(r"@([^:]+):5672/airflow$", b).group(1) for b in brokers] == list(nodes)

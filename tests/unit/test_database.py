@@ -270,6 +270,8 @@ def test_haproxy_routes_to_the_primary_and_replicas_of_all_nodes(local) -> None:
             line for line in sections["defaults"] if line.startswith("default-server")
         )
         assert "on-marked-down shutdown-sessions" in default_server
+        # A connect to a dead primary is not retried (HAProxy 3.0 then hangs the client).
+        assert "retries 0" in sections["defaults"]
         assert re.search(r"inter \d+m?s fall \d+ rise \d+", default_server)
         assert f"bind {mesh[node]}:7000" in sections["listen stats"]
 
@@ -369,7 +371,7 @@ def test_airflow_url_and_password_are_secret_outputs(values) -> None:
     assert seen["url_secret"] and seen["password_secret"]
     assert seen["url"] == (
         f"postgresql+psycopg2://airflow:{_password('airflow-db-password')}"
-        f"@127.0.0.1:{HAPROXY_PRIMARY_PORT}/airflow"
+        f"@127.0.0.1:{HAPROXY_PRIMARY_PORT}/airflow?connect_timeout=10"
     )
 
 
