@@ -1,4 +1,5 @@
-"""Database clients without any timeout, as Airflow's are, through the node's HAProxy :5000.
+"""Database clients as Airflow's are, through the node's HAProxy :5000: no query timeout, and
+the connect timeout of Airflow's URL (connect_timeout=10).
 
 Half the threads reconnect for every query, half keep one session and query every 0.3 s
 (reconnecting after an error). Runs until STOP_FILE exists (at most 600 s), then prints JSON:
@@ -16,13 +17,19 @@ import psycopg2
 
 STOP_FILE = "/run/airflow-ha-drill/db-clients.stop"
 THREADS = 16
+CONNECT_TIMEOUT_S = 10  # as components/database.py DB_CONNECT_TIMEOUT_S
 password = sys.stdin.readline().strip()
 last: dict[int, float] = {}
 
 
 def connect():
     return psycopg2.connect(
-        host="127.0.0.1", port=5000, user="airflow", password=password, dbname="airflow"
+        host="127.0.0.1",
+        port=5000,
+        user="airflow",
+        password=password,
+        dbname="airflow",
+        connect_timeout=CONNECT_TIMEOUT_S,
     )
 
 
