@@ -342,7 +342,10 @@ class AirflowTier(pulumi.ComponentResource):
                     AIRFLOW_CFG,
                     render_output(
                         "airflow/airflow.cfg.j2",
-                        cfg_context(cfg, name, secrets, database.airflow_db_url, broker.broker_url),
+                        cfg_context(
+                            cfg, name, secrets, database.airflow_db_url,
+                            broker.node_broker_urls[name],
+                        ),
                     ),
                     mode="0640",
                     owner=f"root:{AIRFLOW_USER}",

@@ -68,6 +68,15 @@ def broker_url(nodes: list[str], password: str, user: str = USER, vhost: str = V
     )
 
 
+def local_first(nodes: list[str], node: str) -> list[str]:
+    """The node's own broker first, then the others in cluster order. A node whose list starts
+    with a peer would connect to that peer first, and when the peer's machine vanished (no TCP
+    reset) every publish waited on a dead connect: the scheduler's sends timed out until the
+    runs failed (seen in the machine-stop drill). Its own broker dies only with it, or
+    with a reset."""
+    return [node, *(n for n in nodes if n != node)]
+
+
 def node_context(cfg: ClusterConfig, node: str) -> dict:
     """What the per-node configuration files are rendered from (plain values only)."""
     spec = cfg.node(node)
@@ -214,6 +223,13 @@ class BrokerTier(pulumi.ComponentResource):
         self.broker_url: pulumi.Output[str] = pulumi.Output.secret(
             password.apply(lambda pw: broker_url(names, pw))
         )
+        # What each node's Airflow uses: the same list, its own broker first.
+        self.node_broker_urls: dict[str, pulumi.Output[str]] = {
+            name: pulumi.Output.secret(
+                password.apply(lambda pw, name=name: broker_url(local_first(names, name), pw))
+            )
+            for name in names
+        }
         self.management_tunnel: pulumi.Output[str] = pulumi.Output.concat(
             "ssh -N -L ", str(MANAGEMENT_PORT), ":", first.spec.mesh_address, ":",
             str(MANAGEMENT_PORT), " -p ", str(first.spec.port), " ", first.spec.user, "@",
