@@ -262,8 +262,8 @@ OWN_JOBS_SQL = (
 
 
 def own_jobs_fresh(node: str) -> bool:
+    sql = OWN_JOBS_SQL.format(node=node)
     try:
-        sql = OWN_JOBS_SQL.format(node=node)
         out = failover.psql(node, sql, failover.db_password(), timeout=30)
     except Exception:  # unreachable or failing: not rejoined yet
         return False

@@ -220,15 +220,14 @@ class BrokerTier(pulumi.ComponentResource):
         self.vhost = VHOST
         self.user = USER
         self.password: pulumi.Output[str] = pulumi.Output.secret(password)
-        self.broker_url: pulumi.Output[str] = pulumi.Output.secret(
-            password.apply(lambda pw: broker_url(names, pw))
-        )
+
+        def secret_url(order: list[str]) -> pulumi.Output[str]:
+            return pulumi.Output.secret(password.apply(lambda pw: broker_url(order, pw)))
+
+        self.broker_url: pulumi.Output[str] = secret_url(names)
         # What each node's Airflow uses: the same list, its own broker first.
         self.node_broker_urls: dict[str, pulumi.Output[str]] = {
-            name: pulumi.Output.secret(
-                password.apply(lambda pw, name=name: broker_url(local_first(names, name), pw))
-            )
-            for name in names
+            name: secret_url(local_first(names, name)) for name in names
         }
         self.management_tunnel: pulumi.Output[str] = pulumi.Output.concat(
             "ssh -N -L ", str(MANAGEMENT_PORT), ":", first.spec.mesh_address, ":",
