@@ -1,8 +1,13 @@
 """The typed, validated stack config: the only module that reads `pulumi.Config`.
 
 `parse_config` takes plain values (as `pulumi config` stores them) and either returns a
-`ClusterConfig` or raises `ConfigError` with one message naming the key and the fix. It runs
-before any resource is created.
+`ClusterConfig` or raises `ConfigError` with one message naming the key, what was found and the
+fix. It runs before any resource is created. Every key, its type, default and validator is
+declared once, in components/config_schema.py; unknown keys are refused at every level.
+
+Node identity: a node's mesh address is host `meshIndex` of `meshCidr`, fixed by the node and not
+by its place in the list, and `ClusterConfig.nodes` is ordered by meshIndex, so reordering the
+stack file's `nodes` changes nothing on any node.
 """
 
 from __future__ import annotations
@@ -12,43 +17,35 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import pulumi
 
-NAMESPACE = "airflow-ha"
+from . import config_schema as schema
+from .config_schema import NAMESPACE, ConfigError
 
-HCLOUD_LOCATIONS = ("fsn1", "nbg1", "hel1", "ash", "hil", "sin")
-AWS_REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d$")
-DNS_LABEL_RE = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
-AIRFLOW_VERSION_RE = re.compile(r"^3\.\d+\.\d+$")
-SUPPORTED_POSTGRES = (17,)  # what Debian 13 ships
-CLOUDS = ("hcloud", "aws", "static")
-DAG_SYNC_MODES = ("csync2",)
+__all__ = ["NAMESPACE", "ClusterConfig", "ConfigError", "NodeSpec", "PatroniSettings"]
 
-DEFAULT_MESH_CIDR = "10.42.0.0/24"
-DEFAULT_AWS_VPC_CIDR = "10.80.0.0/16"
-
-
-class ConfigError(ValueError):
-    """A stack config that cannot be deployed; the message names the key and the fix."""
-
-    def __init__(self, key: str, problem: str, fix: str) -> None:
-        self.key = key
-        super().__init__(f"{NAMESPACE}:{key}: {problem}. Fix: {fix}")
+# Login users of the cloud images (not configurable: the images decide).
+CLOUD_USERS = {"hcloud": "root", "aws": "admin"}
+CLOUD_SSH_PORT = 22
+# Pulumi stack names allow letters, digits, '-', '_' and '.'; the name lands in the RabbitMQ
+# cluster name, Patroni's scope, etcd's token and cloud labels.
+STACK_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,49}$")
 
 
 @dataclass(frozen=True)
 class NodeSpec:
     name: str
     cloud: str
+    mesh_index: int
     mesh_address: str
-    size: str | None = None
-    location: str | None = None  # hcloud
-    region: str | None = None  # aws
-    host: str | None = None  # static
-    user: str = "root"
-    port: int = 22
+    size: str | None  # hcloud, aws
+    location: str | None  # hcloud
+    region: str | None  # aws
+    host: str | None  # static
+    user: str
+    port: int
 
     @property
     def place(self) -> str:
@@ -58,19 +55,20 @@ class NodeSpec:
 
 @dataclass(frozen=True)
 class PatroniSettings:
-    ttl: int = 30
-    loop_wait: int = 10
-    retry_timeout: int = 10
-    synchronous_mode: bool = True
-    maximum_lag_on_failover: int = 1048576
-    failsafe_mode: bool = True
+    ttl: int
+    loop_wait: int
+    retry_timeout: int
+    synchronous_mode: bool
+    maximum_lag_on_failover: int
+    failsafe_mode: bool
 
 
 @dataclass(frozen=True)
 class ClusterConfig:
     stack: str
-    nodes: tuple[NodeSpec, ...]
+    nodes: tuple[NodeSpec, ...]  # ordered by mesh_index
     admin_cidrs: tuple[str, ...]
+    allow_ssh_from_anywhere: bool
     ssh_public_key: str | None
     ssh_private_key: Any  # str or a secret pulumi.Output[str]
     mesh_cidr: str
@@ -80,10 +78,10 @@ class ClusterConfig:
     patroni: PatroniSettings
     dag_sync: str
     public_ui: bool
-    wireguard_port: int = 51820
-    rabbitmq_consumer_timeout_ms: int = 86_400_000
-    airflow_admin_user: str = "admin"
-    celery_worker_concurrency: int = 8
+    rabbitmq_consumer_timeout_ms: int
+    airflow_admin_user: str
+    celery_worker_concurrency: int
+    wireguard_port: ClassVar[int] = 51820  # a constant of the program, not a key
 
     @property
     def mesh_prefix_len(self) -> int:
@@ -93,31 +91,7 @@ class ClusterConfig:
         return next(n for n in self.nodes if n.name == name)
 
 
-def _get(raw: Mapping[str, Any], key: str, default: Any = None) -> Any:
-    value = raw.get(key, default)
-    return default if value is None else value
-
-
-def _as_int(value: Any, key: str, fix: str) -> int:
-    if isinstance(value, bool):
-        raise ConfigError(key, f"{value!r} is not a whole number", fix)
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(key, f"{value!r} is not a whole number", fix) from None
-
-
-def _as_bool(value: Any, key: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if str(value).lower() in ("true", "false"):
-        return str(value).lower() == "true"
-    raise ConfigError(key, f"{value!r} is not true or false", "write true or false")
-
-
-def _parse_nodes(raw_nodes: Any, mesh_hosts: list[str]) -> tuple[NodeSpec, ...]:
-    if not isinstance(raw_nodes, list):
-        raise ConfigError("nodes", "missing or not a list", "list the nodes as {name, cloud, ...}")
+def _node_count(raw_nodes: list[Any]) -> None:
     count = len(raw_nodes)
     if count < 3:
         raise ConfigError(
@@ -131,154 +105,157 @@ def _parse_nodes(raw_nodes: Any, mesh_hosts: list[str]) -> tuple[NodeSpec, ...]:
             f"{count} nodes is an even count: a split leaves no majority",
             "use an odd number of nodes (3 or 5)",
         )
-    if len(mesh_hosts) < count:
+    if count > schema.MAX_NODES:
+        # Every etcd write and every quorum-queue message waits for a majority, and each node
+        # adds a WireGuard peer, an etcd/Raft member and a RabbitMQ member to every other: past
+        # 7 the cost grows and no more failures are survived than the region count allows.
+        raise ConfigError(
+            "nodes",
+            f"{count} nodes: more than {schema.MAX_NODES} only slows etcd's and RabbitMQ's "
+            "quorum writes",
+            f"use 3, 5 or {schema.MAX_NODES} nodes",
+        )
+
+
+def _parse_node(item: Any, key: str) -> dict[str, Any]:
+    item = schema.as_mapping(item, key, "write {name: ..., cloud: ..., meshIndex: ..., ...}")
+    cloud_name = schema.cloud(item.get("cloud"), f"{key}.cloud")
+    keys = schema.NODE_KEYS[cloud_name]
+    schema.refuse_unknown(item, schema.names(keys), key, f"a {cloud_name} node")
+    return {k.name: k.parse(item, f"{key}.{k.name}") for k in keys}
+
+
+def _parse_nodes(raw_nodes: Any, mesh: ipaddress.IPv4Network) -> tuple[NodeSpec, ...]:
+    if raw_nodes is None:
+        raise ConfigError("nodes", "is missing", "list the nodes as {name, cloud, meshIndex, ...}")
+    raw_nodes = schema.as_list(
+        raw_nodes, "nodes", "nodes", "list the nodes as {name, cloud, meshIndex, ...}"
+    )
+    _node_count(raw_nodes)
+    # The last address is the broadcast address of networks with one.
+    room = max(mesh.num_addresses - 2, 0) if mesh.prefixlen < 31 else mesh.num_addresses
+    if room < len(raw_nodes):
         raise ConfigError(
             "meshCidr",
-            f"has room for {len(mesh_hosts)} addresses but there are {count} nodes",
+            f"has room for {room} addresses but there are {len(raw_nodes)} nodes",
             "choose a larger meshCidr (e.g. a /24)",
         )
-    seen: set[str] = set()
+    names: set[str] = set()
+    indexes: dict[int, str] = {}
+    hosts: dict[str, str] = {}
     nodes = []
-    for index, item in enumerate(raw_nodes):
-        key = f"nodes[{index}]"
-        if not isinstance(item, Mapping):
-            raise ConfigError(key, "is not a mapping", "write {name: ..., cloud: ..., ...}")
-        name = str(_get(item, "name", ""))
-        if not DNS_LABEL_RE.match(name):
-            raise ConfigError(
-                f"{key}.name",
-                f"{name!r} is not a DNS label",
-                "use lower-case letters, digits and '-', starting with a letter, at most 63",
-            )
-        if name in seen:
+    for position, item in enumerate(raw_nodes):
+        key = f"nodes[{position}]"
+        fields = _parse_node(item, key)
+        name, index = fields["name"], fields["meshIndex"]
+        if name in names:
             raise ConfigError(
                 f"{key}.name", f"{name!r} is used twice", "give every node its own name"
             )
-        seen.add(name)
-        cloud = _get(item, "cloud", "")
-        common = {"name": name, "cloud": cloud, "mesh_address": mesh_hosts[index]}
-        if cloud == "hcloud":
-            location = _get(item, "location", "")
-            if location not in HCLOUD_LOCATIONS:
-                raise ConfigError(
-                    f"{key}.location",
-                    f"{location!r} is not a Hetzner Cloud location",
-                    f"use one of {', '.join(HCLOUD_LOCATIONS)}",
-                )
-            nodes.append(NodeSpec(**common, location=location, size=_get(item, "size", "cx22")))
-        elif cloud == "aws":
-            region = _get(item, "region", "")
-            if not AWS_REGION_RE.match(str(region)):
-                raise ConfigError(
-                    f"{key}.region",
-                    f"{region!r} is not an AWS region",
-                    "use a region code such as eu-central-1",
-                )
-            nodes.append(
-                NodeSpec(
-                    **common, region=region, size=_get(item, "size", "t3.medium"), user="admin"
-                )
+        names.add(name)
+        if index > room:
+            raise ConfigError(
+                f"{key}.meshIndex",
+                f"{index} is outside meshCidr {mesh} (hosts 1 to {room})",
+                f"use a free number from 1 to {room}, or a larger meshCidr",
             )
-        elif cloud == "static":
-            host = _get(item, "host", "")
-            if not host:
+        if index in indexes:
+            raise ConfigError(
+                f"{key}.meshIndex",
+                f"{index} is also node {indexes[index]}'s",
+                "give every node its own meshIndex (never reuse a removed node's)",
+            )
+        indexes[index] = name
+        host = fields.get("host")
+        if host is not None:
+            if host in hosts:
                 raise ConfigError(
                     f"{key}.host",
-                    "a static node needs the address of the existing server",
-                    "set host to its public (reachable) address",
+                    f"{host} is also node {hosts[host]}'s address",
+                    "give every static node its own server",
                 )
-            port = _as_int(_get(item, "port", 22), f"{key}.port", "give the SSH port as a number")
-            user = str(_get(item, "user", "root"))
-            nodes.append(NodeSpec(**common, host=str(host), user=user, port=port))
-        else:
-            raise ConfigError(
-                f"{key}.cloud", f"{cloud!r} is not a known cloud", f"use one of {', '.join(CLOUDS)}"
+            hosts[host] = name
+            try:
+                inside = ipaddress.ip_address(host) in mesh
+            except ValueError:
+                inside = False  # a DNS name
+            if inside:
+                raise ConfigError(
+                    "meshCidr",
+                    f"{mesh} overlaps node {name}'s address {host}",
+                    "pick a meshCidr that no node address falls in",
+                )
+        cloud = fields["cloud"]
+        nodes.append(
+            NodeSpec(
+                name=name,
+                cloud=cloud,
+                mesh_index=index,
+                mesh_address=str(mesh.network_address + index),
+                size=fields.get("size"),
+                location=fields.get("location"),
+                region=fields.get("region"),
+                host=host,
+                user=fields.get("user", CLOUD_USERS.get(cloud)),
+                port=fields.get("port", CLOUD_SSH_PORT),
             )
-    return tuple(nodes)
-
-
-def _parse_network(raw: Mapping[str, Any], key: str, default: str) -> ipaddress.IPv4Network:
-    value = str(_get(raw, key, default))
-    try:
-        network = ipaddress.ip_network(value, strict=True)
-    except ValueError:
-        raise ConfigError(
-            key, f"{value!r} is not a network CIDR", "write it like 10.42.0.0/24"
-        ) from None
-    if not isinstance(network, ipaddress.IPv4Network) or not network.is_private:
-        raise ConfigError(
-            key, f"{value} is not a private IPv4 network", "use a range from 10.0.0.0/8"
         )
-    return network
+    # Ordered by identity, not by list position: peer lists, first-node roles and every file
+    # stay the same when the stack file's list is reordered.
+    return tuple(sorted(nodes, key=lambda n: n.mesh_index))
 
 
 def _parse_patroni(raw: Any) -> PatroniSettings:
-    raw = raw or {}
-    defaults = PatroniSettings()
-    fix = "give a whole number of seconds"
-    ttl = _as_int(_get(raw, "ttl", defaults.ttl), "patroni.ttl", fix)
-    loop_wait = _as_int(_get(raw, "loopWait", defaults.loop_wait), "patroni.loopWait", fix)
-    retry = _as_int(_get(raw, "retryTimeout", defaults.retry_timeout), "patroni.retryTimeout", fix)
-    if ttl < 20:
-        raise ConfigError(
-            "patroni.ttl",
-            f"{ttl} is below 20, which Patroni 4 raises to 20",
-            "set ttl to 20 or more",
-        )
-    if loop_wait < 1:
-        raise ConfigError(
-            "patroni.loopWait", f"{loop_wait} is below 1", "set loopWait to 1 or more"
-        )
-    if retry < 3:
-        raise ConfigError(
-            "patroni.retryTimeout", f"{retry} is below 3", "set retryTimeout to 3 or more"
-        )
+    raw = schema.as_mapping(raw, "patroni", "write patroni: {ttl: 30, loopWait: 10, ...}")
+    schema.refuse_unknown(raw, schema.names(schema.PATRONI_KEYS), "patroni", "patroni")
+    v = {k.name: k.parse(raw, f"patroni.{k.name}") for k in schema.PATRONI_KEYS}
+    ttl, loop_wait, retry = v["ttl"], v["loopWait"], v["retryTimeout"]
     if loop_wait + 2 * retry > ttl:
         raise ConfigError(
             "patroni",
             f"loopWait + 2*retryTimeout = {loop_wait + 2 * retry} exceeds ttl = {ttl}",
             "raise ttl or lower loopWait/retryTimeout so that loopWait + 2*retryTimeout <= ttl",
         )
-    lag = _as_int(
-        _get(raw, "maximumLagOnFailover", defaults.maximum_lag_on_failover),
-        "patroni.maximumLagOnFailover",
-        "give a number of bytes",
-    )
     return PatroniSettings(
         ttl=ttl,
         loop_wait=loop_wait,
         retry_timeout=retry,
-        synchronous_mode=_as_bool(_get(raw, "synchronousMode", True), "patroni.synchronousMode"),
-        maximum_lag_on_failover=lag,
-        failsafe_mode=_as_bool(_get(raw, "failsafeMode", True), "patroni.failsafeMode"),
+        synchronous_mode=v["synchronousMode"],
+        maximum_lag_on_failover=v["maximumLagOnFailover"],
+        failsafe_mode=v["failsafeMode"],
     )
 
 
 def parse_config(raw: Mapping[str, Any], stack: str = "dev") -> ClusterConfig:
     """Validate plain stack config values; raise ConfigError on the first problem."""
-    mesh = _parse_network(raw, "meshCidr", DEFAULT_MESH_CIDR)
-    nodes = _parse_nodes(raw.get("nodes"), [str(h) for h in mesh.hosts()])
+    if not STACK_NAME_RE.match(stack):
+        raise ConfigError(
+            f"stack name {stack!r}",
+            "is not letters, digits, '-', '_' and '.' (at most 50)",
+            "name the stack like dev or prod-eu",
+            prefix="",
+        )
+    schema.refuse_unknown(raw, schema.names(schema.TOP_KEYS), "", NAMESPACE)
 
-    admin_cidrs = raw.get("adminCidrs")
-    if not admin_cidrs or not isinstance(admin_cidrs, list):
+    def get(name: str) -> Any:
+        return schema.top_key(name).parse(raw, name)
+
+    mesh: ipaddress.IPv4Network = get("meshCidr")
+    nodes = _parse_nodes(raw.get("nodes"), mesh)
+
+    admin_cidrs = get("adminCidrs")
+    allow_anywhere = get("allowSshFromAnywhere")
+    wide = [c for c in admin_cidrs if schema.internet_wide(c)]
+    if wide and not allow_anywhere:
         raise ConfigError(
             "adminCidrs",
-            "is empty: nobody could reach SSH",
-            "list the networks of your admins, e.g. [203.0.113.0/24]",
+            f"{wide[0]} opens SSH to (a large part of) the internet",
+            "list your admins' networks; if you really mean it, also set "
+            "allowSshFromAnywhere: true (the policy pack still refuses it where it runs)",
         )
-    for cidr in admin_cidrs:
-        try:
-            ipaddress.ip_network(str(cidr), strict=True)
-        except ValueError:
-            raise ConfigError(
-                "adminCidrs",
-                f"{cidr!r} is not a CIDR",
-                "write each entry like 203.0.113.7/32",
-            ) from None
 
-    cloud_nodes = [n for n in nodes if n.cloud != "static"]
-    public_key = raw.get("sshPublicKey")
-    if cloud_nodes and not public_key:
+    public_key = get("sshPublicKey")
+    if public_key is None and any(n.cloud != "static" for n in nodes):
         raise ConfigError(
             "sshPublicKey",
             "is missing: new servers would accept no key",
@@ -290,112 +267,70 @@ def parse_config(raw: Mapping[str, Any], stack: str = "dev") -> ClusterConfig:
             "is missing: the deploy steps log in with it",
             "pulumi config set --secret sshPrivateKey < ~/.ssh/id_ed25519",
         )
+    private_key = get("sshPrivateKey")
 
-    aws_vpc = _parse_network(raw, "awsVpcCidr", DEFAULT_AWS_VPC_CIDR)
+    aws_vpc: ipaddress.IPv4Network = get("awsVpcCidr")
     if any(n.cloud == "aws" for n in nodes) and aws_vpc.overlaps(mesh):
         raise ConfigError(
             "awsVpcCidr",
             f"{aws_vpc} overlaps meshCidr {mesh}",
             "pick two ranges that do not overlap (defaults: 10.80.0.0/16 and 10.42.0.0/24)",
         )
-    for node in nodes:
-        if node.host:
-            try:
-                inside = ipaddress.ip_address(node.host) in mesh
-            except ValueError:
-                inside = False  # a DNS name
-            if inside:
-                raise ConfigError(
-                    "meshCidr",
-                    f"{mesh} overlaps node {node.name}'s address {node.host}",
-                    "pick a meshCidr that no node address falls in",
-                )
-
-    airflow_version = str(_get(raw, "airflowVersion", "3.3.2"))
-    if not AIRFLOW_VERSION_RE.match(airflow_version):
-        raise ConfigError(
-            "airflowVersion",
-            f"{airflow_version!r} is not an Airflow 3.x.y version",
-            "pin an Airflow 3 release, e.g. 3.3.2",
-        )
-    postgres_version = _as_int(_get(raw, "postgresVersion", 17), "postgresVersion", "use 17")
-    if postgres_version not in SUPPORTED_POSTGRES:
-        raise ConfigError(
-            "postgresVersion",
-            f"{postgres_version} is not packaged by Debian 13",
-            f"use one of {SUPPORTED_POSTGRES}",
-        )
-    dag_sync = str(_get(raw, "dagSync", "csync2"))
-    if dag_sync not in DAG_SYNC_MODES:
-        raise ConfigError(
-            "dagSync", f"{dag_sync!r} is not a known mode", f"use one of {DAG_SYNC_MODES}"
-        )
-    consumer_timeout = _as_int(
-        _get(raw, "rabbitmqConsumerTimeoutMs", 86_400_000),
-        "rabbitmqConsumerTimeoutMs",
-        "give milliseconds, longer than your longest task",
-    )
-    if consumer_timeout < 60_000:
-        raise ConfigError(
-            "rabbitmqConsumerTimeoutMs",
-            f"{consumer_timeout} ms would kill long tasks' channels",
-            "use at least 60000 (1 min); the default is one day",
-        )
-    concurrency = _as_int(
-        _get(raw, "celeryWorkerConcurrency", 8), "celeryWorkerConcurrency", "give a number"
-    )
-    if concurrency < 1:
-        raise ConfigError("celeryWorkerConcurrency", f"{concurrency} is below 1", "use 1 or more")
 
     return ClusterConfig(
         stack=stack,
         nodes=nodes,
-        admin_cidrs=tuple(str(c) for c in admin_cidrs),
-        ssh_public_key=str(public_key) if public_key else None,
-        ssh_private_key=raw["sshPrivateKey"],
+        admin_cidrs=admin_cidrs,
+        allow_ssh_from_anywhere=allow_anywhere,
+        ssh_public_key=public_key,
+        ssh_private_key=private_key,
         mesh_cidr=str(mesh),
         aws_vpc_cidr=str(aws_vpc),
-        airflow_version=airflow_version,
-        postgres_version=postgres_version,
-        patroni=_parse_patroni(raw.get("patroni")),
-        dag_sync=dag_sync,
-        public_ui=_as_bool(_get(raw, "publicUi", False), "publicUi"),
-        rabbitmq_consumer_timeout_ms=consumer_timeout,
-        airflow_admin_user=str(_get(raw, "airflowAdminUser", "admin")),
-        celery_worker_concurrency=concurrency,
+        airflow_version=get("airflowVersion"),
+        postgres_version=get("postgresVersion"),
+        patroni=_parse_patroni(get("patroni")),
+        dag_sync=get("dagSync"),
+        public_ui=get("publicUi"),
+        rabbitmq_consumer_timeout_ms=get("rabbitmqConsumerTimeoutMs"),
+        airflow_admin_user=get("airflowAdminUser"),
+        celery_worker_concurrency=get("celeryWorkerConcurrency"),
     )
 
 
-# Keys whose values are objects (pulumi stores them as JSON strings).
-_OBJECT_KEYS = ("nodes", "adminCidrs", "patroni")
-_PLAIN_KEYS = (
-    "meshCidr",
-    "awsVpcCidr",
-    "sshPublicKey",
-    "airflowVersion",
-    "postgresVersion",
-    "dagSync",
-    "publicUi",
-    "rabbitmqConsumerTimeoutMs",
-    "airflowAdminUser",
-    "celeryWorkerConcurrency",
-)
+def _stored_keys() -> list[str]:
+    """Every `airflow-ha:` key the stack sets. pulumi.Config reads one named key at a time and
+    cannot list them, so the SDK's config map is read here (set by the engine or PULUMI_CONFIG):
+    without the list an unknown key could not be refused."""
+    from pulumi.runtime import config as runtime_config
+
+    stored = {**runtime_config.get_config_env(), **runtime_config.CONFIG.get()}
+    prefix = f"{NAMESPACE}:"
+    return sorted(k.removeprefix(prefix) for k in stored if k.startswith(prefix))
+
+
+def _decode(key: schema.Key, text: str) -> Any:
+    """Pulumi stores lists and mappings as JSON text, everything else as plain text."""
+    if key.kind in ("list", "mapping") or text[:1] in "[{":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return text  # plain text where a list or mapping belongs: the validator says so
+    return text
 
 
 def load_config() -> ClusterConfig:
     """Read the stack's `airflow-ha:*` config and validate it."""
     cfg = pulumi.Config(NAMESPACE)
+    declared = {k.name: k for k in schema.TOP_KEYS}
     raw: dict[str, Any] = {}
-    for key in _OBJECT_KEYS:
-        text = cfg.get(key)
-        if text is not None:
-            try:
-                raw[key] = json.loads(text)
-            except json.JSONDecodeError:
-                raise ConfigError(key, "is not valid YAML/JSON", "check its indentation") from None
-    for key in _PLAIN_KEYS:
-        value = cfg.get(key)
-        if value is not None:
-            raw[key] = value
-    raw["sshPrivateKey"] = cfg.get_secret("sshPrivateKey")
+    for name in _stored_keys():
+        key = declared.get(name)
+        if key is None:
+            raw[name] = cfg.get(name)  # refused by parse_config, with a did-you-mean
+        elif key.kind == "secret":
+            raw[name] = cfg.get_secret(name)
+        else:
+            text = cfg.get(name)
+            if text is not None:
+                raw[name] = _decode(key, text)
     return parse_config(raw, stack=pulumi.get_stack())

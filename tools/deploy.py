@@ -234,7 +234,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true", help="print each step's stdout")
     args = parser.parse_args(argv)
 
-    values = load_stack_file(args.stack_file or stack_path(args.stack))
+    try:
+        values = load_stack_file(args.stack_file or stack_path(args.stack))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.stack == "local":
         values = local_stack_values(values)
     state = DeployState(args.state or STATE_DIR / f"{args.stack}.json")

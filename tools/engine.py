@@ -22,7 +22,8 @@ import yaml
 from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime import rpc
 
-from components.config import NAMESPACE
+from components.config import NAMESPACE, ConfigError
+from components.config_schema import describe
 
 REPO = Path(__file__).resolve().parent.parent
 STACKS_DIR = REPO / "stacks"
@@ -99,14 +100,50 @@ def load_stack_file(path: Path) -> dict[str, Any]:
     """The `airflow-ha:*` values of a Pulumi.<stack>.yaml, keys without the namespace.
 
     Values kept encrypted by the CLI (`secure:`) come back as the marker {"secure": ...}.
+    A file that is not YAML, or not shaped like a stack file, raises ConfigError naming it.
     """
-    data = yaml.safe_load(path.read_text()) or {}
+    shown = _shown_path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(shown, f"cannot be read ({exc.strerror})", "check the path", "") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise ConfigError(
+            shown,
+            f"is not valid YAML{where}: {problem}",
+            "check the indentation and quoting there (a value with ': ' or '#' needs quotes)",
+            "",
+        ) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            shown, f"holds {describe(data)}, not a mapping", "start it with config:", ""
+        )
+    config = data.get("config") or {}
+    if not isinstance(config, dict):
+        raise ConfigError(
+            f"{shown}: config",
+            f"expected a mapping of keys, found {describe(config)}",
+            "write config: followed by indented airflow-ha:<key>: <value> lines",
+            "",
+        )
     values = {}
-    for key, value in (data.get("config") or {}).items():
-        namespace, _, name = key.partition(":")
+    for key, value in config.items():
+        namespace, _, name = str(key).partition(":")
         if namespace == NAMESPACE and name:
             values[name] = value
     return values
+
+
+def _shown_path(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
 
 
 def stack_path(stack: str) -> Path:
@@ -222,7 +259,8 @@ def config_for_engine(
         if isinstance(value, dict) and set(value) == {"secure"}:
             value = f"<secret:{key}>"
             secret_keys.append(full)
-        config[full] = value if isinstance(value, str) else json.dumps(value)
+        # default=str: YAML dates and the like reach the validators as text, not a TypeError.
+        config[full] = value if isinstance(value, str) else json.dumps(value, default=str)
     if placeholders:
         for key in SECRET_CONFIG_KEYS:
             full = f"{NAMESPACE}:{key}"

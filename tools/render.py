@@ -84,9 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     if not path.exists():
         print(f"error: no stack file {path}", file=sys.stderr)
         return 2
-    values = load_stack_file(path)
     engine = RenderEngine()
     try:
+        values = load_stack_file(path)
         outputs = run_program(values, engine, args.stack)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,0 +1,549 @@
+"""The declared schema of the stack config: every `airflow-ha:` key and every node field.
+
+Each `Key` has its type, default, one-line doc and validator; components/config.py parses
+through these declarations and nothing else declares a default. The README's key table is
+generated from them (`python -m tools.config_doc --write`).
+
+A validator takes the raw value and its key path and returns the parsed value or raises
+`ConfigError` naming the key, what was found and the fix. Values that land in shell scripts
+or config files on the nodes (names, hosts, users) are held to conservative patterns; the
+templates shell-quote them as well (components/remote.py, the `sh` filter).
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+NAMESPACE = "airflow-ha"
+
+
+class ConfigError(ValueError):
+    """A stack config that cannot be deployed; the message names the key and the fix."""
+
+    def __init__(self, key: str, problem: str, fix: str, prefix: str = f"{NAMESPACE}:") -> None:
+        self.key = key
+        super().__init__(f"{prefix}{key}: {problem}. Fix: {fix}")
+
+
+# --- describing what was found -------------------------------------------------------------
+
+
+def describe(value: Any) -> str:
+    """A short, safe description of a raw value for an error message."""
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, int | float):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        shown = value if len(value) <= 60 else value[:57] + "..."
+        return f"the text {shown!r}"
+    if isinstance(value, list):
+        return f"a list of {len(value)}"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    return f"a {type(value).__name__}"
+
+
+def did_you_mean(key: str, known: Sequence[str]) -> str | None:
+    """The known key `key` is most likely a typo of (case first, then spelling)."""
+    by_lower = {k.lower(): k for k in known}
+    if key.lower() in by_lower:
+        return by_lower[key.lower()]
+    close = difflib.get_close_matches(key.lower(), list(by_lower), n=1, cutoff=0.6)
+    return by_lower[close[0]] if close else None
+
+
+def refuse_unknown(raw: Mapping[Any, Any], known: Sequence[str], path: str, what: str) -> None:
+    """Refuse every key of `raw` that is not declared; `path` prefixes it in the message."""
+    for key in raw:
+        if key in known:
+            continue
+        name = str(key)
+        full = f"{path}.{name}" if path else name
+        guess = did_you_mean(name, known)
+        if guess is None:
+            raise ConfigError(full, f"is not a key of {what}", f"use one of {', '.join(known)}")
+        case_only = guess.lower() == name.lower()
+        raise ConfigError(
+            full,
+            f"is not a key of {what}" + (" (keys are case-sensitive)" if case_only else ""),
+            f"did you mean {guess}?",
+        )
+
+
+# --- basic types -----------------------------------------------------------------------------
+
+# One line, no control characters: what any string that reaches a node may hold at most.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def as_str(value: Any, key: str, what: str = "text") -> str:
+    if not isinstance(value, str):
+        raise ConfigError(key, f"expected {what}, found {describe(value)}", f"write {what}")
+    if _CONTROL.search(value):
+        raise ConfigError(
+            key,
+            f"{value!r} holds a newline or another control character",
+            "write it on one line",
+        )
+    return value
+
+
+def as_int(value: Any, key: str, low: int, high: int | None = None, unit: str = "") -> int:
+    """A whole number (pulumi stores numbers as text: "17" is 17) in [low, high]."""
+    wanted = f"a whole number{unit}"
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ConfigError(key, f"expected {wanted}, found {describe(value)}", f"write {wanted}")
+    if isinstance(value, str) and re.fullmatch(r"-?\d{1,18}", value.strip()):
+        value = int(value)
+    if not isinstance(value, int | float):
+        raise ConfigError(key, f"expected {wanted}, found {describe(value)}", f"write {wanted}")
+    number = int(value)
+    if number < low or (high is not None and number > high):
+        span = f"from {low} to {high}" if high is not None else f"{low} or more"
+        raise ConfigError(key, f"{number} is out of range", f"use a number {span}")
+    return number
+
+
+def as_bool(value: Any, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise ConfigError(key, f"{describe(value)} is not true or false", "write true or false")
+
+
+def as_list(value: Any, key: str, what: str, example: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise ConfigError(key, f"expected a list of {what}, found {describe(value)}", example)
+    return value
+
+
+def as_mapping(value: Any, key: str, example: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(key, f"expected a mapping, found {describe(value)}", example)
+    return value
+
+
+# --- the patterns of values that reach the nodes -------------------------------------------
+
+DNS_LABEL_RE = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
+# An RFC 1123 host name; the last label not all digits, so that 10.0.0.300 is not a name.
+HOSTNAME_RE = re.compile(
+    r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
+    r"[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$"
+)
+# A login (useradd's default NAME_REGEX, without the trailing '$' of machine accounts).
+LOGIN_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+# The Airflow admin: also the local part of its e-mail and Flower's `user:password`.
+ADMIN_USER_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+SIZE_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
+AWS_REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d$")
+AIRFLOW_VERSION_RE = re.compile(r"^3\.\d+\.\d+$")
+SSH_PUBLIC_KEY_RE = re.compile(
+    r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com|"
+    r"sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/]+={0,3}( [^\x00-\x1f\x7f]*)?$"
+)
+# Names a node may not take: they already mean something in every /etc/hosts.
+RESERVED_NAMES = frozenset(
+    {
+        "localhost",
+        "localhost4",
+        "localhost6",
+        "localdomain",
+        "broadcasthost",
+        "ip6-localhost",
+        "ip6-loopback",
+        "ip6-localnet",
+        "ip6-mcastprefix",
+        "ip6-allnodes",
+        "ip6-allrouters",
+    }
+)
+HCLOUD_LOCATIONS = ("fsn1", "nbg1", "hel1", "ash", "hil", "sin")
+CLOUDS = ("hcloud", "aws", "static")
+SUPPORTED_POSTGRES = (17,)  # what Debian 13 ships
+DAG_SYNC_MODES = ("csync2",)
+MAX_NODES = 7
+
+
+def node_name(value: Any, key: str) -> str:
+    name = as_str(value, key, "a DNS label")
+    if not DNS_LABEL_RE.match(name):
+        raise ConfigError(
+            key,
+            f"{name!r} is not a DNS label",
+            "use lower-case letters, digits and '-', starting with a letter, at most 63",
+        )
+    if name in RESERVED_NAMES:
+        raise ConfigError(
+            key, f"{name!r} is a reserved host name", "pick another name, e.g. the region"
+        )
+    return name
+
+
+def host(value: Any, key: str) -> str:
+    """A public IPv4 address or a DNS name: it lands in wg0.conf, SSH and firewall rules."""
+    text = as_str(value, key, "an IPv4 address or a DNS name").strip()
+    if not text:
+        raise ConfigError(
+            key,
+            "is empty: a static node needs the address of the existing server",
+            "set host to its public (reachable) address",
+        )
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        if HOSTNAME_RE.match(text):
+            return text.lower()
+        raise ConfigError(
+            key,
+            f"{text!r} is neither an IP address nor a DNS name",
+            "write the server's address, e.g. 203.0.113.7 or db1.example.com",
+        ) from None
+    if address.version == 6:
+        raise ConfigError(
+            key,
+            f"{text} is an IPv6 address: the mesh endpoints and firewall rules are IPv4",
+            "give the server's IPv4 address or a DNS name with an A record",
+        )
+    if address.is_unspecified or address.is_loopback or address.is_multicast:
+        raise ConfigError(
+            key,
+            f"{text} is not an address other nodes can reach",
+            "give the server's reachable IPv4 address",
+        )
+    return str(address)
+
+
+def login_user(value: Any, key: str) -> str:
+    user = as_str(value, key, "a user name")
+    if not LOGIN_USER_RE.match(user):
+        raise ConfigError(
+            key,
+            f"{user!r} is not a plain login name",
+            "use lower-case letters, digits, '_' and '-', starting with a letter or '_', "
+            "at most 32",
+        )
+    return user
+
+
+def admin_user(value: Any, key: str) -> str:
+    user = as_str(value, key, "a user name")
+    if not ADMIN_USER_RE.match(user):
+        raise ConfigError(
+            key,
+            f"{user!r} is not a plain user name",
+            "use lower-case letters, digits, '_' and '-', starting with a letter, at most 32",
+        )
+    return user
+
+
+def port(value: Any, key: str) -> int:
+    return as_int(value, key, 1, 65535)
+
+
+def one_of(choices: Sequence[Any], what: str) -> Callable[[Any, str], Any]:
+    def check(value: Any, key: str) -> Any:
+        if isinstance(value, bool) or value not in choices:
+            raise ConfigError(
+                key,
+                f"{describe(value)} is not {what}",
+                f"use one of {', '.join(str(c) for c in choices)}",
+            )
+        return value
+
+    return check
+
+
+def cloud(value: Any, key: str) -> str:
+    return one_of(CLOUDS, "a known cloud")(value, key)
+
+
+def hcloud_location(value: Any, key: str) -> str:
+    return one_of(HCLOUD_LOCATIONS, "a Hetzner Cloud location")(value, key)
+
+
+def aws_region(value: Any, key: str) -> str:
+    region = as_str(value, key, "an AWS region code")
+    if not AWS_REGION_RE.match(region):
+        raise ConfigError(
+            key, f"{region!r} is not an AWS region", "use a region code such as eu-central-1"
+        )
+    return region
+
+
+def size(value: Any, key: str) -> str:
+    text = as_str(value, key, "a server type")
+    if not SIZE_RE.match(text):
+        raise ConfigError(
+            key, f"{text!r} is not a server type", "write one such as cx32 or m6i.xlarge"
+        )
+    return text
+
+
+def mesh_index(value: Any, key: str) -> int:
+    # The upper bound depends on meshCidr: components/config.py checks it.
+    return as_int(value, key, 1)
+
+
+def private_ipv4_network(value: Any, key: str) -> ipaddress.IPv4Network:
+    text = as_str(value, key, "a network CIDR")
+    try:
+        network = ipaddress.ip_network(text, strict=True)
+    except ValueError:
+        raise ConfigError(
+            key, f"{text!r} is not a network CIDR", "write it like 10.42.0.0/24"
+        ) from None
+    if not isinstance(network, ipaddress.IPv4Network) or not network.is_private:
+        raise ConfigError(
+            key, f"{text} is not a private IPv4 network", "use a range from 10.0.0.0/8"
+        )
+    return network
+
+
+def aws_vpc_network(value: Any, key: str) -> ipaddress.IPv4Network:
+    network = private_ipv4_network(value, key)
+    # AWS takes /16 to /28; the node's subnet is the VPC's first /24 (components/nodes.py).
+    if not 16 <= network.prefixlen <= 24:
+        raise ConfigError(
+            key,
+            f"{network} is a /{network.prefixlen}: the VPC must hold the node's /24 subnet",
+            "use a /16 to /24, e.g. 10.80.0.0/16",
+        )
+    return network
+
+
+def cidr_list(value: Any, key: str) -> tuple[str, ...]:
+    example = "list the networks of your admins, e.g. [203.0.113.0/24]"
+    items = as_list(value, key, "CIDRs", example)
+    if not items:
+        raise ConfigError(key, "is empty: nobody could reach SSH", example)
+    cidrs = []
+    for index, item in enumerate(items):
+        text = as_str(item, f"{key}[{index}]", "a CIDR")
+        try:
+            cidrs.append(str(ipaddress.ip_network(text.strip(), strict=True)))
+        except ValueError:
+            raise ConfigError(
+                key, f"{text!r} is not a CIDR", "write each entry like 203.0.113.7/32"
+            ) from None
+    return tuple(cidrs)
+
+
+def internet_wide(cidr: str) -> bool:
+    """0.0.0.0/0, ::/0, or a public range as wide as a /8 (IPv4) or a /16 (IPv6): the same
+    rule as the policy pack's ssh-not-from-internet (policy/airflow_ha_policies.py)."""
+    network = ipaddress.ip_network(cidr)
+    if network.prefixlen == 0:
+        return True
+    widest = 8 if network.version == 4 else 16
+    return network.prefixlen <= widest and not network.is_private
+
+
+def ssh_public_key(value: Any, key: str) -> str:
+    text = as_str(value, key, "an OpenSSH public key").strip()
+    if not SSH_PUBLIC_KEY_RE.match(text):
+        raise ConfigError(
+            key,
+            f"{describe(text)} is not an OpenSSH public key",
+            'pulumi config set sshPublicKey "$(cat ~/.ssh/id_ed25519.pub)"',
+        )
+    return text
+
+
+def secret(value: Any, key: str) -> Any:
+    # A pulumi secret Output (or plain text in tests): its content is unknown when parsing.
+    if isinstance(value, str) and not value.strip():
+        raise ConfigError(
+            key, "is empty", "pulumi config set --secret sshPrivateKey < ~/.ssh/id_ed25519"
+        )
+    return value
+
+
+def airflow_version(value: Any, key: str) -> str:
+    text = as_str(value, key, "an Airflow version")
+    if not AIRFLOW_VERSION_RE.match(text):
+        raise ConfigError(
+            key, f"{text!r} is not an Airflow 3.x.y version", "pin an Airflow 3 release, e.g. 3.3.2"
+        )
+    return text
+
+
+def postgres_version(value: Any, key: str) -> int:
+    number = as_int(value, key, 1)
+    if number not in SUPPORTED_POSTGRES:
+        raise ConfigError(
+            key, f"{number} is not packaged by Debian 13", f"use one of {SUPPORTED_POSTGRES}"
+        )
+    return number
+
+
+def consumer_timeout(value: Any, key: str) -> int:
+    number = as_int(value, key, 0, unit=" of milliseconds")
+    if number < 60_000:
+        raise ConfigError(
+            key,
+            f"{number} ms would kill long tasks' channels",
+            "use at least 60000 (1 min); the default is one day",
+        )
+    return number
+
+
+def boolean(value: Any, key: str) -> bool:
+    return as_bool(value, key)
+
+
+def seconds(low: int) -> Callable[[Any, str], int]:
+    def check(value: Any, key: str) -> int:
+        return as_int(value, key, low, 3600, unit=" of seconds")
+
+    return check
+
+
+def byte_count(value: Any, key: str) -> int:
+    return as_int(value, key, 0, unit=" of bytes")
+
+
+def concurrency(value: Any, key: str) -> int:
+    return as_int(value, key, 1, 256)
+
+
+# --- the declarations ------------------------------------------------------------------------
+
+REQUIRED = object()  # marks a key without a default
+
+
+@dataclass(frozen=True)
+class Key:
+    """One stack config key (or node / patroni field)."""
+
+    name: str
+    kind: str  # as the README shows it: text, number, true/false, list, mapping, secret
+    doc: str
+    check: Callable[[Any, str], Any]
+    default: Any = REQUIRED
+    shown_default: str | None = None  # the README's form of the default, when not the value
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+    def parse(self, raw: Mapping[str, Any], path: str) -> Any:
+        """The key's parsed value from `raw` (None counts as not set)."""
+        value = raw.get(self.name)
+        if value is None:
+            if self.required:
+                raise ConfigError(path, "is missing", f"set {self.name}: {self.doc}")
+            if self.default is None:
+                return None
+            value = self.default  # defaults go through the same validator
+        return self.check(value, path)
+
+    def default_text(self) -> str:
+        if self.shown_default is not None:
+            return self.shown_default
+        if self.required:
+            return "required"
+        if isinstance(self.default, bool):
+            return f"`{str(self.default).lower()}`"
+        return f"`{self.default}`"
+
+
+PATRONI_KEYS: tuple[Key, ...] = (
+    Key("ttl", "number", "leader lock lifetime in seconds (Patroni raises anything below 20)",
+        seconds(20), 30),
+    Key("loopWait", "number", "seconds between Patroni's HA loops", seconds(1), 10),
+    Key("retryTimeout", "number", "seconds an etcd or PostgreSQL call may take before demotion",
+        seconds(3), 10),
+    Key("synchronousMode", "true/false",
+        "commit only once a standby has the WAL: a failover loses no acknowledged commit",
+        boolean, True),
+    Key("maximumLagOnFailover", "number",
+        "bytes a replica may lag and still be promoted", byte_count, 1048576),
+    Key("failsafeMode", "true/false",
+        "keep the primary while every member answers even if etcd is down", boolean, True),
+)
+
+NODES_DOC = (
+    f"the nodes, an odd count from 3 to {MAX_NODES}: each a mapping of the node fields below"
+)
+
+TOP_KEYS: tuple[Key, ...] = (
+    Key("nodes", "list", NODES_DOC, lambda value, key: value),  # parsed by config._parse_nodes
+    Key("adminCidrs", "list", "networks that may reach SSH (22/tcp)", cidr_list),
+    Key("allowSshFromAnywhere", "true/false",
+        "let adminCidrs hold 0.0.0.0/0, ::/0 or a public range as wide as a /8 (/16 for IPv6)",
+        boolean, False),
+    Key("sshPublicKey", "text", "the OpenSSH public key new servers accept",
+        ssh_public_key, None, "required with hcloud or aws nodes"),
+    Key("sshPrivateKey", "secret", "the private key the deploy steps log in with", secret),
+    Key("meshCidr", "text",
+        "private IPv4 network of the WireGuard mesh; a node's address is host meshIndex of it",
+        private_ipv4_network, "10.42.0.0/24"),
+    Key("awsVpcCidr", "text", "the VPC of AWS nodes (must not overlap meshCidr)",
+        aws_vpc_network, "10.80.0.0/16"),
+    Key("airflowVersion", "text",
+        "the Airflow release, installed from templates/airflow/requirements-<version>-py313.txt",
+        airflow_version, "3.3.2"),
+    Key("postgresVersion", "number", "the PostgreSQL major version (Debian 13's)",
+        postgres_version, 17),
+    Key("patroni", "mapping", "Patroni timings and modes: the patroni fields below",
+        lambda value, key: value, {}, "see below"),  # parsed by config._parse_patroni
+    Key("publicUi", "true/false", "open 443/tcp to the Airflow UI (https) on every node",
+        boolean, False),
+    Key("rabbitmqConsumerTimeoutMs", "number",
+        "longest a worker may hold a task's message, in ms (at least 60000)",
+        consumer_timeout, 86_400_000, "`86400000` (one day)"),
+    Key("celeryWorkerConcurrency", "number", "task slots of each node's Celery worker (1-256)",
+        concurrency, 8),
+    Key("airflowAdminUser", "text", "the Airflow (and Flower) admin's user name",
+        admin_user, "admin"),
+    Key("dagSync", "text", "how DAG files reach every node", one_of(DAG_SYNC_MODES, "a known mode"),
+        "csync2"),
+)
+
+_COMMON_NODE_KEYS: tuple[Key, ...] = (
+    Key("name", "text", "a DNS label, unique; the host name and every tier's member name",
+        node_name),
+    Key("cloud", "text", f"where it runs: {', '.join(CLOUDS)}", cloud),
+    Key("meshIndex", "number",
+        "the node's mesh address is host meshIndex of meshCidr; unique, never reused",
+        mesh_index),
+)
+
+NODE_KEYS: dict[str, tuple[Key, ...]] = {
+    "hcloud": (
+        *_COMMON_NODE_KEYS,
+        Key("location", "text", f"Hetzner location: {', '.join(HCLOUD_LOCATIONS)}",
+            hcloud_location),
+        Key("size", "text", "Hetzner server type", size, "cx22"),
+    ),
+    "aws": (
+        *_COMMON_NODE_KEYS,
+        Key("region", "text", "AWS region code, e.g. eu-central-1", aws_region),
+        Key("size", "text", "EC2 instance type", size, "t3.medium"),
+    ),
+    "static": (
+        *_COMMON_NODE_KEYS,
+        Key("host", "text", "the existing server's public IPv4 address or DNS name", host),
+        Key("user", "text", "SSH login (root, or a user with passwordless sudo)",
+            login_user, "root"),
+        Key("port", "number", "SSH port (1-65535)", port, 22),
+    ),
+}
+
+
+def names(keys: Iterable[Key]) -> list[str]:
+    return [k.name for k in keys]
+
+
+def top_key(name: str) -> Key:
+    return next(k for k in TOP_KEYS if k.name == name)
