@@ -54,6 +54,19 @@ CONFIG_DIR = "/etc/airflow"
 AIRFLOW_CFG = f"{CONFIG_DIR}/airflow.cfg"
 AIRFLOW_ENV = f"{CONFIG_DIR}/airflow.env"
 LOG_FIREWALL = f"{CONFIG_DIR}/log-servers.nft"
+# Warms each api-server worker's Execution API before it accepts connections (see the plugin).
+WARMUP_PLUGIN = f"{PLUGINS_DIR}/airflow_ha_warmup.py"
+WARMUP_PATH = "/execution/health"
+# The Celery worker's gate: it starts taking tasks only once its node's api-server answers.
+WAIT_API_SCRIPT = "/usr/local/sbin/airflow-ha-wait-execution-api"
+WAIT_API_S = 300
+# The scheduler's, DAG processor's and triggerer's gate: they exit when the database fails over
+# (Airflow does not reconnect their loops), and start again only once the local HAProxy has a
+# primary, polled twice a second, so that they are back the moment writes are, not after a
+# crash loop's growing restart delay.
+WAIT_DB_SCRIPT = "/usr/local/sbin/airflow-ha-wait-database"
+WAIT_DB_S = 300
+DB_GATED_UNITS = ("airflow-scheduler", "airflow-dag-processor", "airflow-triggerer")
 CLI_WRAPPER = "/usr/local/bin/airflow"
 UNIT_DIR = "/etc/systemd/system"
 # Touched by a step that changed the venv, the config or a unit; the start step restarts the
@@ -70,6 +83,15 @@ TRIGGERER_LOG_PORT = 8794
 MESH_INTERFACE = "wg0"
 
 API_WORKERS = 2
+# The task runners' calls to the Execution API ([workers] execution_api_*; Airflow's defaults
+# 5 s / 5 attempts / 1-90 s wait, about 31 s in all). Warm, a call takes milliseconds; what
+# they must outlast is their api-server busy or briefly away (a failover's database outage
+# answers 5xx for up to ~25 s here), so: a longer per-call timeout, more attempts, and a
+# bounded wait between them, about two minutes in all.
+EXECUTION_API_TIMEOUT_S = 30
+EXECUTION_API_RETRIES = 10
+EXECUTION_API_RETRY_WAIT_MIN_S = 1
+EXECUTION_API_RETRY_WAIT_MAX_S = 15
 # Schedulers: a task whose worker vanished is failed (and retried) after this many seconds
 # without a heartbeat (default 300), and tasks queued by a dead scheduler are adopted by the
 # others after this check interval (default 300). Both bound the node-loss recovery time.
@@ -95,6 +117,10 @@ WATCHDOG_CHECKS = 2
 RESTART_SEC = 5
 RESTART_MAX_DELAY_SEC = 60
 RESTART_STEPS = 5
+# The gated units restart after a flat second: their gate, not a growing delay, paces them
+# (systemd never resets the step counter while the unit keeps running, so after a few failovers
+# every restart would wait the maximum).
+GATED_RESTART_SEC = 1
 WORKER_STOP_TIMEOUT_S = 120
 START_WAIT_S = 300
 
@@ -154,16 +180,39 @@ def services(cfg: ClusterConfig, node: str) -> dict[str, dict]:
             "what": "Celery worker",
             # An explicit hostname: Celery's and Flower's name for this worker.
             "args": f"celery worker --celery-hostname {AIRFLOW_USER}@{node}",
-            # SIGTERM to the main process only (Celery's warm shutdown lets running tasks end);
-            # what is still running after the timeout is killed, and with acks_late its
-            # message goes back to the queue.
-            "extra": ["KillMode=mixed", f"TimeoutStopSec={WORKER_STOP_TIMEOUT_S}"],
+            # After the api-server: its tasks call that api-server, so a restart of both stops
+            # the worker first (running tasks end while their api-server still answers) and
+            # starts it last, once the api-server answers (the gate).
+            "after": ["airflow-api-server.service"],
+            "extra": [
+                f"ExecStartPre={WAIT_API_SCRIPT}",
+                f"TimeoutStartSec={WAIT_API_S + 60}",
+                # SIGTERM to the main process only (Celery's warm shutdown lets running tasks
+                # end); what is still running after the timeout is killed, and with acks_late
+                # its message goes back to the queue.
+                "KillMode=mixed",
+                f"TimeoutStopSec={WORKER_STOP_TIMEOUT_S}",
+            ],
         },
         "airflow-flower": {"what": "Flower (Celery monitor)", "args": "celery flower"},
     }
-    for unit in units.values():
+    for name, unit in units.items():
         unit["exec_start"] = f"{base} {unit.pop('args')}"
         unit.setdefault("extra", [])
+        unit.setdefault("after", [])
+        if name in DB_GATED_UNITS:
+            unit["restart"] = [f"RestartSec={GATED_RESTART_SEC}"]
+            unit["extra"] = [
+                f"ExecStartPre={WAIT_DB_SCRIPT}",
+                f"TimeoutStartSec={WAIT_DB_S + 60}",
+                *unit["extra"],
+            ]
+        else:
+            unit["restart"] = [
+                f"RestartSec={RESTART_SEC}",
+                f"RestartSteps={RESTART_STEPS}",
+                f"RestartMaxDelaySec={RESTART_MAX_DELAY_SEC}",
+            ]
     return units
 
 
@@ -176,14 +225,36 @@ def unit_files(cfg: ClusterConfig, node: str) -> list[RemoteFile]:
             "home": AIRFLOW_HOME,
             "env_file": AIRFLOW_ENV,
             "mesh_interface": MESH_INTERFACE,
-            "restart_sec": RESTART_SEC,
-            "restart_steps": RESTART_STEPS,
-            "restart_max_delay_sec": RESTART_MAX_DELAY_SEC,
         }
         files.append(
             RemoteFile(f"{UNIT_DIR}/{name}.service", render("airflow/unit.service.j2", context))
         )
     return files
+
+
+def gate_files(mesh_address: str, db_port: int) -> list[RemoteFile]:
+    """The api-server's warm-up plugin, the worker's gate on its api-server and the scheduling
+    units' gate on the database."""
+    return [
+        RemoteFile(
+            WAIT_DB_SCRIPT,
+            render("airflow/wait-database.sh.j2", {"port": db_port, "seconds": WAIT_DB_S}),
+            mode="0755",
+        ),
+        RemoteFile(
+            WARMUP_PLUGIN,
+            render("airflow/warmup_plugin.py.j2", {"path": WARMUP_PATH}),
+            owner=f"root:{AIRFLOW_USER}",
+        ),
+        RemoteFile(
+            WAIT_API_SCRIPT,
+            render(
+                "airflow/wait-execution-api.sh.j2",
+                {"url": f"http://{mesh_address}:{API_PORT}{WARMUP_PATH}", "seconds": WAIT_API_S},
+            ),
+            mode="0755",
+        ),
+    ]
 
 
 def watchdog_files() -> list[RemoteFile]:
@@ -243,6 +314,10 @@ def cfg_context(
         "worker_log_port": WORKER_LOG_PORT,
         "triggerer_log_port": TRIGGERER_LOG_PORT,
         "worker_concurrency": cfg.celery_worker_concurrency,
+        "execution_api_timeout": EXECUTION_API_TIMEOUT_S,
+        "execution_api_retries": EXECUTION_API_RETRIES,
+        "execution_api_retry_wait_min": EXECUTION_API_RETRY_WAIT_MIN_S,
+        "execution_api_retry_wait_max": EXECUTION_API_RETRY_WAIT_MAX_S,
         "task_heartbeat_timeout": TASK_HEARTBEAT_TIMEOUT_S,
         "orphaned_tasks_check": ORPHANED_TASKS_CHECK_S,
         "dag_refresh_interval": DAG_REFRESH_INTERVAL_S,
@@ -374,6 +449,7 @@ class AirflowTier(pulumi.ComponentResource):
                     render("airflow/log-firewall.service.j2", {"rules": LOG_FIREWALL}),
                 ),
                 *unit_files(cfg, name),
+                *gate_files(node.spec.mesh_address, database.primary_port),
                 *watchdog_files(),
             ]
             if cfg.public_ui:
@@ -409,6 +485,9 @@ class AirflowTier(pulumi.ComponentResource):
                         "restart_files": [
                             AIRFLOW_CFG,
                             AIRFLOW_ENV,
+                            WARMUP_PLUGIN,
+                            WAIT_API_SCRIPT,
+                            WAIT_DB_SCRIPT,
                             *(f"{UNIT_DIR}/{unit}.service" for unit in unit_names),
                         ],
                         "rules": LOG_FIREWALL,
@@ -425,7 +504,7 @@ class AirflowTier(pulumi.ComponentResource):
         # The schema (and FAB's tables) and the admin user: once, from the first node. Airflow's
         # `db migrate` holds a global lock in the database, so a concurrent or repeated run is
         # safe; `users create` leaves an existing user alone.
-        first = nodes[0]
+        first = min(nodes, key=lambda n: n.spec.mesh_index)  # lowest meshIndex, not list order
         migrated = run_step(
             "airflow-db-migrate",
             first.access,

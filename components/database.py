@@ -157,6 +157,8 @@ class DatabaseTier(pulumi.ComponentResource):
             "airflow": _password("airflow-db-password", self),
         }
         self.airflow_db_password: pulumi.Output[str] = pulumi.Output.secret(passwords["airflow"])
+        # Where this tier's clients reach the primary on every node (Airflow's start gate).
+        self.primary_port = HAPROXY_PRIMARY_PORT
         self.airflow_db_url: pulumi.Output[str] = pulumi.Output.secret(
             pulumi.Output.concat(
                 f"postgresql+psycopg2://{AIRFLOW_USER}:",

@@ -77,7 +77,11 @@ def test_every_node_gets_the_six_units_that_never_give_up(local) -> None:
             service = unit["Service"]
             assert service["Restart"] == "always"
             assert int(service["RestartSec"]) >= 1
-            assert int(service["RestartMaxDelaySec"]) >= int(service["RestartSec"])
+            if name in airflow.DB_GATED_UNITS:  # paced by their gate, not a growing delay
+                assert "RestartSteps" not in service
+                assert service["ExecStartPre"] == airflow.WAIT_DB_SCRIPT
+            else:
+                assert int(service["RestartMaxDelaySec"]) >= int(service["RestartSec"])
             assert unit["Unit"]["StartLimitIntervalSec"] == "0"
             assert service["User"] == "airflow"
             assert service["EnvironmentFile"] == airflow.AIRFLOW_ENV
@@ -435,3 +439,168 @@ def test_watchdog_restarts_only_a_unit_whose_job_stopped_heart_beating(local, tm
     assert run(stale, up_seconds=3600) == ["kill --signal=SIGKILL airflow-scheduler"]
     calls.unlink()
     assert run(fresh, up_seconds=3600) == []
+
+
+# --- the api-server's warm-up and the worker's gate (issue: a burst after a start failed) ----
+
+
+def _warmup_module(step):
+    """The rendered plugin, loaded with a stand-in for airflow.plugins_manager."""
+    import sys
+    import types
+
+    stub = types.ModuleType("airflow.plugins_manager")
+    stub.AirflowPlugin = type("AirflowPlugin", (), {})
+    saved = {name: sys.modules.get(name) for name in ("airflow", "airflow.plugins_manager")}
+    sys.modules["airflow"] = types.ModuleType("airflow")
+    sys.modules["airflow.plugins_manager"] = stub
+    try:
+        module = types.ModuleType("airflow_ha_warmup")
+        exec(compile(_file(step, airflow.WARMUP_PLUGIN), "airflow_ha_warmup.py", "exec"),
+             module.__dict__)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = value
+    return module
+
+
+def test_warmup_plugin_serves_one_execution_request_before_startup_completes(local) -> None:
+    engine, _ = local
+    step = _steps(engine, "airflow-config")["node-a"]
+    assert _mode_owner(step, airflow.WARMUP_PLUGIN) == ("0644", "root:airflow")
+    module = _warmup_module(step)
+    (entry,) = module.AirflowHaWarmupPlugin.fastapi_root_middlewares
+    events: list[str] = []
+
+    async def app(scope, receive, send):  # a stand-in ASGI app with a lifespan
+        if scope["type"] == "lifespan":
+            assert (await receive())["type"] == "lifespan.startup"
+            events.append("startup ran")
+            await send({"type": "lifespan.startup.complete"})
+            return
+        events.append(f"{scope['method']} {scope['path']} state={scope['state']}")
+        assert (await receive())["type"] == "http.request"
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    wrapped = entry["middleware"](app, *entry["args"], **entry["kwargs"])
+    messages = iter([{"type": "lifespan.startup"}])
+
+    async def receive():
+        return next(messages)
+
+    async def send(message):
+        events.append(f"to uvicorn: {message['type']}")
+
+    asyncio.run(wrapped({"type": "lifespan", "state": {"k": 1}, "app": app}, receive, send))
+    assert events == [
+        "startup ran",
+        "GET /execution/health state={'k': 1}",
+        "to uvicorn: lifespan.startup.complete",
+    ]
+
+    async def failing(scope, receive, send):  # a warm-up that fails never blocks serving
+        if scope["type"] == "lifespan":
+            await send({"type": "lifespan.startup.complete"})
+            return
+        raise RuntimeError("boom")
+
+    events.clear()
+    wrapped = entry["middleware"](failing)
+    asyncio.run(wrapped({"type": "lifespan", "app": failing}, receive, send))
+    assert events == ["to uvicorn: lifespan.startup.complete"]
+
+
+def _run_gate(step, tmp_path, curl_succeeds_after: int, seconds: int):
+    script = _file(step, airflow.WAIT_API_SCRIPT).replace(
+        f"{airflow.WAIT_API_S} ))", f"{seconds} ))"
+    )
+    (tmp_path / "gate").write_text(script)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    # A fake curl: fails until it has been called `curl_succeeds_after` times.
+    (bin_dir / "curl").write_text(
+        "#!/bin/sh\n"
+        f'echo "$*" >> {tmp_path}/calls\n'
+        f"n=$(wc -l < {tmp_path}/calls)\n"
+        f'[ "$n" -gt {curl_succeeds_after} ]\n'
+    )
+    (bin_dir / "curl").chmod(0o755)
+    (bin_dir / "sleep").write_text("#!/bin/sh\n/bin/sleep 0.01\n")
+    (bin_dir / "sleep").chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    return subprocess.run(["sh", str(tmp_path / "gate")], env=env, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_worker_waits_for_its_api_server_then_starts(local, tmp_path) -> None:
+    engine, _ = local
+    step = _steps(engine, "airflow-config")["node-b"]
+    unit = _unit(step, "airflow-worker")
+    assert unit["Service"]["ExecStartPre"] == airflow.WAIT_API_SCRIPT
+    assert _mode_owner(step, airflow.WAIT_API_SCRIPT)[0] == "0755"
+    after = [line.split("=", 1)[1] for line in _file(
+        step, "/etc/systemd/system/airflow-worker.service").splitlines()
+        if line.startswith("After=")]
+    assert "airflow-api-server.service" in " ".join(after)
+    result = _run_gate(step, tmp_path, curl_succeeds_after=3, seconds=30)
+    assert result.returncode == 0, result.stderr
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert len(calls) == 4
+    # The node's own api-server, on its mesh address.
+    assert all("http://10.42.0.2:8080/execution/health" in c for c in calls), calls
+
+
+def test_worker_gate_gives_up_with_a_message_so_systemd_retries(local, tmp_path) -> None:
+    engine, _ = local
+    step = _steps(engine, "airflow-config")["node-a"]
+    result = _run_gate(step, tmp_path, curl_succeeds_after=10**6, seconds=1)
+    assert result.returncode == 1
+    assert "did not answer in" in result.stderr
+
+
+def test_task_runners_outlast_a_busy_or_restarting_api_server(local) -> None:
+    engine, _ = local
+    cfg = _cfg(_steps(engine, "airflow-config")["node-c"])
+    timeout = cfg.getfloat("workers", "execution_api_timeout")
+    retries = cfg.getint("workers", "execution_api_retries")
+    wait_max = cfg.getfloat("workers", "execution_api_retry_wait_max")
+    # Airflow's defaults give up after about 31 s; a failover's 5xx lasts up to ~25 s here and
+    # an api-server restart under load longer: the budget (waits only) must exceed a minute.
+    waits = sum(min(wait_max, 2**i) for i in range(retries - 1))
+    assert waits > 60 and timeout >= 20
+
+
+def test_scheduling_units_wait_for_a_primary_then_start(local, tmp_path) -> None:
+    engine, _ = local
+    step = _steps(engine, "airflow-config")["node-a"]
+    script = _file(step, airflow.WAIT_DB_SCRIPT)
+    assert _mode_owner(step, airflow.WAIT_DB_SCRIPT)[0] == "0755"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    # A fake pg_isready: no primary for its first 3 calls.
+    (bin_dir / "pg_isready").write_text(
+        "#!/bin/sh\n"
+        f'echo "$*" >> {tmp_path}/calls\n'
+        f'[ "$(wc -l < {tmp_path}/calls)" -gt 3 ]\n'
+    )
+    (bin_dir / "pg_isready").chmod(0o755)
+    (bin_dir / "sleep").write_text("#!/bin/sh\n")
+    (bin_dir / "sleep").chmod(0o755)
+    (tmp_path / "gate").write_text(script)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    result = subprocess.run(["sh", str(tmp_path / "gate")], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert len(calls) == 4 and all("-h 127.0.0.1 -p 5000" in c for c in calls)
+    # With no primary at all it gives up (and systemd starts the unit again a second later).
+    (tmp_path / "gate").write_text(script.replace(f"{airflow.WAIT_DB_S} ))", "1 ))"))
+    (bin_dir / "pg_isready").write_text("#!/bin/sh\nexit 2\n")
+    (bin_dir / "sleep").write_text("#!/bin/sh\n/bin/sleep 0.2\n")
+    result = subprocess.run(["sh", str(tmp_path / "gate")], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 1 and "no PostgreSQL primary" in result.stderr
