@@ -6,9 +6,10 @@ distribution (25672), epmd (4369) and the management UI (15672) listen on the me
 
 Order: every node installs RabbitMQ with its configuration already in place (in parallel) ->
 every node, at about the same time, takes the shared cookie and (first configuration only)
-starts blank so that `classic_config` peer discovery forms one cluster -> once, on the first
-node, the Airflow vhost (default queue type quorum) and user; `guest` goes -> every node checks
-it is ready. Later tiers use `broker_url` (a secret Celery failover list) and `ready`.
+starts blank so that `classic_config` peer discovery forms one cluster -> once, on the node with
+the lowest meshIndex, the Airflow vhost (default queue type quorum) and user; `guest` goes ->
+every node checks it is ready. Later tiers use `broker_url` (a secret Celery failover list) and
+`ready`.
 """
 
 from __future__ import annotations
@@ -180,8 +181,9 @@ class BrokerTier(pulumi.ComponentResource):
             for node in nodes
         ]
 
-        # Users, vhosts and permissions are cluster-wide: set them once, from the first node.
-        first = nodes[0]
+        # Users, vhosts and permissions are cluster-wide: set them once, from the node with the
+        # lowest meshIndex (a rule that reordering the stack's node list does not change).
+        first = min(nodes, key=lambda n: n.spec.mesh_index)
         users = run_step(
             "rabbitmq-users",
             first.access,

@@ -155,6 +155,12 @@ def fake_public_key(name: str) -> str:
     return base64.b64encode(hashlib.sha256(name.encode()).digest()).decode()
 
 
+def hcloud_id(typ: str, name: str) -> str:
+    """A Hetzner id (a number) derived from the resource, not from the registration order
+    (which the SDK's parallelism varies): the same program makes the same inputs."""
+    return str(int(hashlib.sha256(f"{typ}::{name}".encode()).hexdigest()[:8], 16))
+
+
 def _host_byte(name: str) -> int:
     """A stable last address byte per resource name (documentation ranges only)."""
     return hashlib.sha256(name.encode()).digest()[0] % 250 + 1
@@ -228,7 +234,7 @@ class Engine(pulumi_mocks.Mocks):
             outputs["keyName"] = args.name
         with self.lock:
             self.resources.append(Registered(typ, args.name, inputs, outputs, number, secret_paths))
-        resource_id = str(number) if typ.startswith("hcloud:") else f"{args.name}-id"
+        resource_id = hcloud_id(typ, args.name) if typ.startswith("hcloud:") else f"{args.name}-id"
         return resource_id, outputs
 
     def call(self, args: pulumi_mocks.MockCallArgs) -> tuple[dict, list]:

@@ -9,7 +9,7 @@ import jinja2
 import pytest
 
 from components import remote
-from tools.engine import Engine, parse_step
+from tools.engine import Engine, hcloud_id, parse_step
 
 
 def _triggers(engine: Engine) -> dict[str, str]:
@@ -109,8 +109,9 @@ def _gid() -> int:
 def test_a_replaced_server_reruns_its_steps(values, deploy) -> None:
     """Each step's triggers hold its server's id: a new server means every step runs again."""
     engine, _ = deploy(values("dev"))
-    # The engine double gives hcloud resources their registration number as id.
-    server_ids = {s.name: str(s.order) for s in engine.of_type("hcloud:index/server:Server")}
+    # The engine double derives hcloud resources' ids from their names.
+    server_type = "hcloud:index/server:Server"
+    server_ids = {s.name: hcloud_id(server_type, s.name) for s in engine.of_type(server_type)}
     for cmd in engine.of_type("command:remote:Command"):
         node = cmd.name.split("-")[0]
         assert cmd.inputs["triggers"][1] == server_ids[node], cmd.name
