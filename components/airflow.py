@@ -103,6 +103,19 @@ DAG_REFRESH_INTERVAL_S = 30
 # AMQP heartbeat: a worker or scheduler whose broker node vanished (no TCP reset when a whole
 # machine dies) notices within about two heartbeats and fails over to the next URL.
 BROKER_HEARTBEAT_S = 10
+# Celery's result backend is the metadata database (db+postgresql): a worker stores STARTED
+# before it runs a task and the outcome after. Without retries (Celery's database backend tries
+# three times back to back), a failover's outage failed the Celery task before it ran, its
+# message was acknowledged, and the task instance stayed queued (seen: 75 task instances stuck,
+# 4 failed without running, in a burst during a primary crash). With these, the store waits
+# with a backoff (10 ms doubling to 5 s, full jitter: on average half of that, 60 times: about
+# two minutes) and the task then runs.
+RESULT_BACKEND_RETRY = {
+    "result_backend_always_retry": True,
+    "result_backend_max_retries": 60,
+    "result_backend_base_sleep_between_retries_ms": 10,
+    "result_backend_max_sleep_between_retries_ms": 5000,
+}
 DB_POOL_SIZE = 5
 DB_MAX_OVERFLOW = 5
 
@@ -162,6 +175,7 @@ def celery_extra_config() -> dict:
         "broker_heartbeat": BROKER_HEARTBEAT_S,
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,
+        **RESULT_BACKEND_RETRY,
     }
 
 

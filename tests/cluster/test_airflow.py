@@ -171,3 +171,43 @@ def test_node_loss_drill(cluster, fanout) -> None:
         assert tries[-1][2] == "success" and tries[-1][1] != NODES[2], f"{task}: {tries}"
     # Back by itself: units active, healthy, three schedulers (drill() waited for it).
     assert figures["rejoin_seconds"] > 0
+
+
+# One node's api-server and worker restarted together, as a deploy does: systemd stops the
+# worker first (its running tasks end while their api-server answers), every api-server worker
+# process warms the Execution API before it accepts a connection, and the Celery worker starts
+# only once the api-server answers.
+RESTART_ORDER = r"""
+since=$(date +%s.%N)
+systemctl restart airflow-api-server airflow-worker
+journalctl -o short-unix --since "@$since" -u airflow-api-server -u airflow-worker \
+  | grep -E 'Stopping airflow|Stopped airflow|Started airflow|Execution API warmed|startup complete'
+"""
+
+
+def test_restart_stops_the_worker_first_and_serves_warm(cluster) -> None:
+    node = NODES[1]
+    lines = cluster(node, RESTART_ORDER, timeout=600).stdout.splitlines()
+
+    def first(pattern: str) -> int:
+        found = [i for i, line in enumerate(lines) if pattern in line]
+        assert found, f"no {pattern!r} in:\n" + "\n".join(lines)
+        return found[0]
+
+    assert first("Stopped airflow-worker") < first("Stopping airflow-api-server")
+    warmed = [i for i, line in enumerate(lines) if "Execution API warmed" in line]
+    complete = [i for i, line in enumerate(lines) if "Application startup complete" in line]
+    assert len(warmed) == len(complete) == 2, "\n".join(lines)  # [api] workers = 2
+    assert max(warmed) < max(complete) and min(warmed) < min(complete)
+    assert all("HTTP 200" in lines[i] for i in warmed)
+    assert first("Started airflow-worker") > max(complete)
+    assert drill.node_rejoined(node) or _rejoins(node)
+
+
+def _rejoins(node: str, timeout: float = SETTLE_S) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if drill.node_rejoined(node):
+            return True
+        time.sleep(5)
+    return False

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from tools.drills import common, report
+from tools.drills import common, load, report
 from tools.drills.cli import run_suite
 from tools.drills.drills import catalogue
 
@@ -26,6 +26,7 @@ def suite(cluster) -> dict:
     doc = run_suite(quick=True, out_dir=None, command="pytest tests/cluster/test_drills.py")
     print(f"\nquick drills in {doc['minutes']} min")
     print(report.text_table(doc["table"]))
+    print(report.load_markdown(doc["load"]))
     for record in doc["records"]:
         print(f"- {record['label']}: {report.summary(record)}")
     return doc
@@ -41,6 +42,16 @@ def test_drill_loses_nothing_and_every_part_rejoins(suite, name) -> None:
     failed = [check for check, ok in record["checks"].items() if not ok]
     assert not failed, f"{name}: {failed} ({record['details']})"
     assert record["rejoin_s"] is not None, f"{name}: the failed part did not rejoin"
+
+
+@pytest.mark.parametrize("condition", load.QUICK_CONDITIONS)
+def test_a_burst_fails_no_task_and_every_run_succeeds(suite, condition) -> None:
+    record = next(r for r in suite["load"]["records"] if r["condition"] == condition)
+    print({k: v for k, v in record.items() if k != "failed_examples"})
+    assert record["task_instances"] >= 100
+    assert record["failed"] == 0, f"{condition}: {record['failed_examples']}"
+    assert not record["runs_not_success"], record["runs_not_success"]
+    assert record.get("rows_lost", 0) == 0
 
 
 def test_the_cluster_is_left_as_it_was_found(suite, cluster) -> None:

@@ -604,3 +604,18 @@ def test_scheduling_units_wait_for_a_primary_then_start(local, tmp_path) -> None
     result = subprocess.run(["sh", str(tmp_path / "gate")], env=env, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 1 and "no PostgreSQL primary" in result.stderr
+
+
+def test_celery_result_store_outlasts_a_database_failover(local) -> None:
+    engine, _ = local
+    cfg = _cfg(_steps(engine, "airflow-config")["node-a"])
+    extra = json.loads(cfg.get("celery", "extra_celery_config"))
+    assert extra["result_backend_always_retry"] is True
+    # Celery's backoff (celery.utils.time.get_exponential_backoff_interval, full jitter): a
+    # random wait up to min(max, base * 2**n) ms between tries, half of it on average; the
+    # expected budget must outlast a failover (~25 s here) by a wide margin.
+    base = extra["result_backend_base_sleep_between_retries_ms"]
+    cap = extra["result_backend_max_sleep_between_retries_ms"]
+    tries = extra["result_backend_max_retries"]
+    expected_s = sum(min(cap, base * 2**n) / 2 for n in range(tries)) / 1000
+    assert 60 <= expected_s <= 300, expected_s

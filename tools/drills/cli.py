@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import failover
-from tools.drills import common, report
+from tools.drills import common, load, report
 from tools.drills.drills import Suite, catalogue, run
 from tools.drills.workload import PUBLISH_INTERVAL_S, Secrets
 
@@ -51,7 +51,7 @@ def run_suite(
     began = time.time()
     selected = catalogue(quick)
     if only:
-        known = {name for name, _, _ in catalogue(False)}
+        known = {name for name, _, _ in catalogue(False)} | {"load"}
         unknown = set(only) - known
         if unknown:
             raise SystemExit(f"unknown drill(s) {sorted(unknown)}: choose from {sorted(known)}")
@@ -76,12 +76,18 @@ def run_suite(
             record["run"] = index + 1
             records.append(record)
     doc["records"] = records
+    if only is None or "load" in only:
+        conditions = list(load.QUICK_CONDITIONS if quick else load.CONDITIONS)
+        doc["load"] = load.run(conditions, load.QUICK_RUNS if quick else load.FULL_RUNS)
+        print("\n" + report.load_markdown(doc["load"]), flush=True)
     doc["table"] = report.table(records)
     doc["minutes"] = round((time.time() - began) / 60, 1)
-    doc["ok"] = all(r.get("ok") for r in records)
+    doc["ok"] = all(r.get("ok") for r in records) and doc.get("load", {}).get("ok", True)
     print("\n" + report.text_table(doc["table"]), flush=True)
     if out_dir is not None:
-        stem = f"{doc['date']}-drills" + ("-quick" if quick else "")
+        # Named by time and host: a later run never overwrites an earlier one.
+        stamp = time.strftime("%Y-%m-%dT%H%M%SZ", time.gmtime(began))
+        stem = f"{stamp}-drills" + ("-quick" if quick else "") + f"-{os.uname().nodename}"
         paths = report.write(doc, out_dir, stem)
         common.say(f"wrote {paths[0]} and {paths[1]}")
     return doc
@@ -98,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3, help="runs per drill (default 3)")
     parser.add_argument(
         "--only",
-        help="comma-separated drill names: " + ", ".join(name for name, _, _ in catalogue(False)),
+        help="comma-separated drill names: "
+        + ", ".join([*(name for name, _, _ in catalogue(False)), "load"]),
     )
     parser.add_argument(
         "--dag-interval", type=float, default=5.0, help="seconds between probe DAG runs (default 5)"

@@ -69,6 +69,8 @@ def workload_outages(figures: dict[str, Any]) -> dict[str, float | None]:
         "db": figures.get("db", {}).get("outage_s"),
         "broker": figures["broker"].get("outage_s"),
         "airflow": figures["airflow"].get("outage_s"),
+        # The first probe task to start after the database took writes again.
+        "airflow_after_db": figures["airflow"].get("after_db_s"),
     }
 
 

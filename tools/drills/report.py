@@ -14,6 +14,7 @@ COLUMNS = (
     ("db_s", "DB writes s"),
     ("broker_s", "publishes s"),
     ("airflow_s", "new DAG run s"),
+    ("airflow_after_db_s", "first task after DB s"),
     ("rows", "rows lost"),
     ("messages", "msgs lost"),
     ("dag_runs", "DAG runs lost"),
@@ -44,6 +45,9 @@ def table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "db_s": median([r["outage_s"]["db"] for r in done]),
                 "broker_s": median([r["outage_s"]["broker"] for r in done]),
                 "airflow_s": median([r["outage_s"]["airflow"] for r in done]),
+                "airflow_after_db_s": median(
+                    [r["outage_s"].get("airflow_after_db") for r in done]
+                ),
                 "outage_ranges": {
                     k: _range([r["outage_s"][k] for r in done]) for k in ("db", "broker", "airflow")
                 },
@@ -108,7 +112,9 @@ def markdown(doc: dict[str, Any]) -> str:
         "Outage columns are medians over the runs, in seconds: DB writes = longest wait for an "
         "acknowledged commit after the event; publishes = the same for publisher confirms; new "
         "DAG run = event until the first task of a run created after it started (baseline "
-        "trigger-to-start latency included). Lost = acknowledged, then missing. Rejoin = how "
+        "trigger-to-start latency included); first task after DB = from the commit that ended "
+        "the database's outage until the first probe task started after it (where the "
+        "database was disturbed). Lost = acknowledged, then missing. Rejoin = how "
         "long the failed part took to come back by itself (per drill in docs/resilience.md).",
         "",
         "| " + " | ".join(title for _, title in COLUMNS) + " |",
@@ -116,6 +122,8 @@ def markdown(doc: dict[str, Any]) -> str:
     ]
     for row in rows:
         out.append("| " + " | ".join(_cell(row[key]) for key, _ in COLUMNS) + " |")
+    if doc.get("load"):
+        out += ["", "## Load drill (tools/drills/load.py)", "", load_markdown(doc["load"])]
     out += ["", "## Every run", ""]
     for record in doc["records"]:
         out.append(f"- **{record['label']}** run {record.get('run', 1)}: " + summary(record))
@@ -158,3 +166,55 @@ def write(doc: dict[str, Any], out_dir: Path, stem: str) -> tuple[Path, Path]:
     json_path.write_text(json.dumps(doc, indent=1, default=str) + "\n")
     md_path.write_text(markdown(doc))
     return json_path, md_path
+
+
+LOAD_COLUMNS = (
+    ("condition", "condition"),
+    ("task_instances", "task instances"),
+    ("failed", "failed"),
+    ("failed_never_ran", "failed without running"),
+    ("runs_failed", "runs not success"),
+    ("per_minute", "TIs / min"),
+    ("slowest_run_s", "slowest PATCH /run s"),
+    ("repeated", "repeated API calls"),
+    ("writes_back_s", "DB writes back s"),
+    ("first_task_after_writes_s", "first task after DB s"),
+)
+
+
+def load_rows(load: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for r in load["records"]:
+        slowest = [v for v in r.get("slowest_run_call_s", {}).values() if v is not None]
+        rows.append(
+            {
+                "condition": r["condition"],
+                "task_instances": r["task_instances"],
+                "failed": r["failed"],
+                "failed_never_ran": r["failed_never_ran"],
+                "runs_failed": len(r["runs_not_success"]),
+                "per_minute": r["per_minute"],
+                "slowest_run_s": max(slowest) if slowest else None,
+                "repeated": r.get("execution_api_calls_repeated"),
+                "writes_back_s": r.get("writes_back_s"),
+                "first_task_after_writes_s": r.get("first_task_after_writes_s"),
+            }
+        )
+    return rows
+
+
+def load_markdown(load: dict[str, Any]) -> str:
+    burst = load["burst"]
+    machine = load["machine"]
+    lines = [
+        f"A burst of {burst['runs_of_burst_dag']} runs of a {burst['tasks_per_run']}-task DAG "
+        f"plus one run of each of {', '.join(burst['examples'])}, created within one second; "
+        f"host: {machine['cores']} cores. TIs / min = task instances that succeeded per minute "
+        "from the burst to the last task's end.",
+        "",
+        "| " + " | ".join(title for _, title in LOAD_COLUMNS) + " |",
+        "|" + "|".join("---" if k == "condition" else "--:" for k, _ in LOAD_COLUMNS) + "|",
+    ]
+    for row in load_rows(load):
+        lines.append("| " + " | ".join(_cell(row[k]) for k, _ in LOAD_COLUMNS) + " |")
+    return "\n".join(lines)

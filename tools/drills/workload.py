@@ -108,6 +108,17 @@ def longest_wait(times: list[float], event: float, end: float) -> float | None:
     return round(max(b - a for a, b in itertools.pairwise([event, *after])), 2)
 
 
+def writes_back(acks: list[tuple[int, float]], event: float, end: float) -> float | None:
+    """When the database took writes again: the commit that ended the longest wait after the
+    event (None when no commit was acknowledged after it)."""
+    times = sorted(at for _, at in acks if event <= at <= end)
+    if not times:
+        return None
+    earlier = [at for _, at in acks if at < event]
+    waits = [(b - a, b) for a, b in itertools.pairwise([max(earlier, default=event), *times])]
+    return max(waits)[1] if waits else times[0]
+
+
 def parse_oks(lines: list[str]) -> list[tuple[int, float]]:
     """The `ok ID ... ACKNOWLEDGED` lines of the writer's and the publisher's logs as
     (id, time acknowledged): the last field is that time in both."""
@@ -265,6 +276,11 @@ class Workloads:
         starts = [r["start"] for rid, r in self.runs().items() if rid in new and r["start"]]
         return min(starts) if starts else None
 
+    def first_task_start_after(self, moment: float) -> float | None:
+        """The first probe task (of any run of this workload) that started after `moment`."""
+        starts = [r["start"] for r in self.runs().values() if r["start"] and r["start"] > moment]
+        return min(starts) if starts else None
+
     def running_on(self, node: str) -> list[str]:
         runs = self.runs().items()
         return [rid for rid, r in runs if "running" in r["task_states"] and node in r["hosts"]]
@@ -320,6 +336,10 @@ class Workloads:
                 figures["db"]["stderr"] = self.writer.agent.stderr[-500:]
         figures["broker"] = self._finish_broker(event, end)
         figures["airflow"] = self._finish_airflow(event, settle_timeout)
+        if self.writer is not None:
+            back = writes_back(self.writer.acks(), event, end)
+            first = self.first_task_start_after(back) if back else None
+            figures["airflow"]["after_db_s"] = round(first - back, 1) if first else None
         return figures
 
     def _finish_broker(self, event: float, end: float) -> dict[str, Any]:
