@@ -262,7 +262,10 @@ class DatabaseTier(pulumi.ComponentResource):
                         "mesh_address": spec.mesh_address,
                         "rest_port": PATRONI_PORT,
                         "config": PATRONI_CONFIG,
-                        "settings": " ".join(f"-s {k}={v}" for k, v in _yaml(dynamic).items()),
+                        # One argument each, shell-quoted by the template.
+                        "settings": [
+                            arg for k, v in _yaml(dynamic).items() for arg in ("-s", f"{k}={v}")
+                        ],
                         "user": AIRFLOW_USER,
                         "database": AIRFLOW_DB,
                         "password": passwords["airflow"],

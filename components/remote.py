@@ -12,6 +12,7 @@ template re-runs exactly the steps that render it. A step reports values on stdo
 from __future__ import annotations
 
 import hashlib
+import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,18 @@ _jinja = jinja2.Environment(
     comment_start_string="{##",
     comment_end_string="##}",
 )
+
+
+def shell_quote(value: Any) -> str:
+    """`{{ value | sh }}`: one shell word whatever the value holds (shlex.quote). A plain word
+    (a node name, a path, a number) stays as it is, so quoting changes no committed script;
+    anything else is single-quoted. Every value a shell template interpolates goes through
+    it (tests/unit/test_shell_quoting.py checks), so that a value no validator knows about
+    cannot add a command to a step that runs as root."""
+    return shlex.quote(str(value))
+
+
+_jinja.filters["sh"] = shell_quote
 
 
 def render(template: str, context: Mapping[str, Any]) -> str:
@@ -84,6 +97,10 @@ class NodeAccess:
 
 
 def _file_block(f: RemoteFile, content: str) -> str:
+    # The content goes into a quoted here-document: only a line equal to the delimiter could
+    # end it early and run what follows.
+    if FILE_DELIMITER in content.splitlines():
+        raise ValueError(f"{f.path}: a line of its content is the here-document delimiter")
     if not content.endswith("\n"):
         content += "\n"
     return f"put_file {f.path} {f.mode} {f.owner} <<'{FILE_DELIMITER}'\n{content}{FILE_DELIMITER}\n"

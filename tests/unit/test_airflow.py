@@ -288,7 +288,7 @@ def test_migration_and_admin_run_once_from_the_first_node(local) -> None:
     assert [s.node for s in migrate] == [next(iter(outputs["nodes"]))]
     script = migrate[0].script
     assert "airflow db migrate" in script
-    assert "airflow users create --username 'admin'" in script
+    assert "airflow users create --username admin " in script
     assert "--role Admin" in script
 
 

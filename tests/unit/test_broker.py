@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shlex
 import shutil
 import subprocess
 
@@ -133,13 +134,13 @@ def test_cookie_and_password_are_secrets_and_only_in_their_steps(local) -> None:
     commands = {c.name: c for c in engine.of_type("command:remote:Command")}
     for node in NODES:
         cluster = commands[f"{node}-rabbitmq-cluster"]
-        assert f"cookie='{cookie}'" in cluster.inputs["stdin"]
+        assert f"cookie={shlex.quote(cookie)}" in cluster.inputs["stdin"]
         assert "stdin" in cluster.secret_inputs
         for step in ("rabbitmq-install", "rabbitmq-check"):
             command = commands[f"{node}-{step}"]
             assert cookie not in command.inputs["stdin"] and password not in command.inputs["stdin"]
     users = commands["node-a-rabbitmq-users"]
-    assert f"password='{password}'" in users.inputs["stdin"]
+    assert f"password={shlex.quote(password)}" in users.inputs["stdin"]
     assert "stdin" in users.secret_inputs
     # The password goes to rabbitmqctl on stdin, never as an argument.
     assert re.search(r"rabbitmqctl add_user \"\$user\" *>", users.inputs["stdin"])
@@ -161,8 +162,8 @@ def test_first_configuration_resets_only_a_node_without_the_marker(local) -> Non
         # An already clustered node is recognised and keeps its data.
         assert "has_peer" in script[:guard]
         others = [f"rabbit@{n}" for n in NODES if n != node]
-        assert all(f'grep -qx "{o}"' in script for o in others)
-        assert f'grep -qx "rabbit@{node}"' not in script
+        assert all(f"grep -qx {o}" in script for o in others)
+        assert f"grep -qx rabbit@{node} " not in script
         assert step.prints == ["rabbitmqNode"]
 
 
