@@ -60,12 +60,27 @@ WARMUP_PATH = "/execution/health"
 # The Celery worker's gate: it starts taking tasks only once its node's api-server answers.
 WAIT_API_SCRIPT = "/usr/local/sbin/airflow-ha-wait-execution-api"
 WAIT_API_S = 300
-# The scheduler's, DAG processor's and triggerer's gate: they exit when the database fails over
-# (Airflow does not reconnect their loops), and start again only once the local HAProxy has a
-# primary, polled twice a second, so that they are back the moment writes are, not after a
-# crash loop's growing restart delay.
-WAIT_DB_SCRIPT = "/usr/local/sbin/airflow-ha-wait-database"
+# The scheduler, DAG processor and triggerer exit when the database fails over (Airflow does not
+# reconnect their loops). Their launcher imports Airflow first, then waits until the local
+# HAProxy has a primary (polled twice a second), then runs the command: they are back the moment
+# writes are, not after a crash loop's growing restart delay plus a start's seconds of imports.
+GATED_START = "/usr/local/sbin/airflow-ha-gated-start"
 WAIT_DB_S = 300
+GATED_MODULES = {
+    "scheduler": [
+        "airflow.cli.commands.scheduler_command",
+        "airflow.jobs.scheduler_job_runner",
+        "airflow.providers.celery.executors.celery_executor",
+    ],
+    "dag-processor": [
+        "airflow.cli.commands.dag_processor_command",
+        "airflow.dag_processing.manager",
+    ],
+    "triggerer": [
+        "airflow.cli.commands.triggerer_command",
+        "airflow.jobs.triggerer_job_runner",
+    ],
+}
 DB_GATED_UNITS = ("airflow-scheduler", "airflow-dag-processor", "airflow-triggerer")
 CLI_WRAPPER = "/usr/local/bin/airflow"
 UNIT_DIR = "/etc/systemd/system"
@@ -215,12 +230,8 @@ def services(cfg: ClusterConfig, node: str) -> dict[str, dict]:
         unit.setdefault("extra", [])
         unit.setdefault("after", [])
         if name in DB_GATED_UNITS:
+            unit["exec_start"] = unit["exec_start"].replace(base, GATED_START, 1)
             unit["restart"] = [f"RestartSec={GATED_RESTART_SEC}"]
-            unit["extra"] = [
-                f"ExecStartPre={WAIT_DB_SCRIPT}",
-                f"TimeoutStartSec={WAIT_DB_S + 60}",
-                *unit["extra"],
-            ]
         else:
             unit["restart"] = [
                 f"RestartSec={RESTART_SEC}",
@@ -251,8 +262,11 @@ def gate_files(mesh_address: str, db_port: int) -> list[RemoteFile]:
     units' gate on the database."""
     return [
         RemoteFile(
-            WAIT_DB_SCRIPT,
-            render("airflow/wait-database.sh.j2", {"port": db_port, "seconds": WAIT_DB_S}),
+            GATED_START,
+            render(
+                "airflow/gated-start.py.j2",
+                {"venv": VENV, "port": db_port, "seconds": WAIT_DB_S, "modules": GATED_MODULES},
+            ),
             mode="0755",
         ),
         RemoteFile(
@@ -501,7 +515,7 @@ class AirflowTier(pulumi.ComponentResource):
                             AIRFLOW_ENV,
                             WARMUP_PLUGIN,
                             WAIT_API_SCRIPT,
-                            WAIT_DB_SCRIPT,
+                            GATED_START,
                             *(f"{UNIT_DIR}/{unit}.service" for unit in unit_names),
                         ],
                         "rules": LOG_FIREWALL,

@@ -10,6 +10,8 @@ import json
 import re
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pulumi
 import pytest
@@ -79,13 +81,13 @@ def test_every_node_gets_the_six_units_that_never_give_up(local) -> None:
             assert int(service["RestartSec"]) >= 1
             if name in airflow.DB_GATED_UNITS:  # paced by their gate, not a growing delay
                 assert "RestartSteps" not in service
-                assert service["ExecStartPre"] == airflow.WAIT_DB_SCRIPT
+                assert service["ExecStart"].startswith(f"{airflow.GATED_START} ")
             else:
                 assert int(service["RestartMaxDelaySec"]) >= int(service["RestartSec"])
+                assert service["ExecStart"].startswith(f"{airflow.VENV}/bin/airflow ")
             assert unit["Unit"]["StartLimitIntervalSec"] == "0"
             assert service["User"] == "airflow"
             assert service["EnvironmentFile"] == airflow.AIRFLOW_ENV
-            assert service["ExecStart"].startswith(f"{airflow.VENV}/bin/airflow ")
             assert unit["Install"]["WantedBy"] == "multi-user.target"
         worker = _unit(step, "airflow-worker")["Service"]
         assert worker["ExecStart"].endswith(f"celery worker --celery-hostname airflow@{node}")
@@ -574,37 +576,59 @@ def test_task_runners_outlast_a_busy_or_restarting_api_server(local) -> None:
     assert waits > 60 and timeout >= 20
 
 
-def test_scheduling_units_wait_for_a_primary_then_start(local, tmp_path) -> None:
+def test_scheduling_units_import_first_then_wait_for_a_primary_then_run(local, tmp_path) -> None:
     engine, _ = local
     step = _steps(engine, "airflow-config")["node-a"]
-    script = _file(step, airflow.WAIT_DB_SCRIPT)
-    assert _mode_owner(step, airflow.WAIT_DB_SCRIPT)[0] == "0755"
+    assert _mode_owner(step, airflow.GATED_START)[0] == "0755"
+    (tmp_path / "gated").write_text(_file(step, airflow.GATED_START))
+    # A stand-in Airflow: every module the launcher imports, and a CLI that records what it ran.
+    record = tmp_path / "record"
+    modules = ["airflow.__main__", *airflow.GATED_MODULES["scheduler"]]
+    for module in modules:
+        path = tmp_path / "site" / Path(*module.split("."))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for parent in path.parents:
+            if parent == tmp_path / "site":
+                break
+            (parent / "__init__.py").touch()
+        body = f"open({str(record)!r}, 'a').write('import {module}\\n')\n"
+        if module == "airflow.__main__":
+            body += (
+                "import sys\n"
+                f"def main():\n    open({str(record)!r}, 'a').write('run ' + ' '.join(sys.argv)"
+                " + '\\n')\n"
+            )
+        path.with_suffix(".py").write_text(body)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    # A fake pg_isready: no primary for its first 3 calls.
+    # A fake pg_isready: no primary for its first 3 calls (each call is recorded).
     (bin_dir / "pg_isready").write_text(
-        "#!/bin/sh\n"
-        f'echo "$*" >> {tmp_path}/calls\n'
-        f'[ "$(wc -l < {tmp_path}/calls)" -gt 3 ]\n'
+        f'#!/bin/sh\necho "pg_isready $*" >> {record}\n'
+        f'[ "$(grep -c pg_isready {record})" -gt 3 ]\n'
     )
     (bin_dir / "pg_isready").chmod(0o755)
-    (bin_dir / "sleep").write_text("#!/bin/sh\n")
-    (bin_dir / "sleep").chmod(0o755)
-    (tmp_path / "gate").write_text(script)
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
-    result = subprocess.run(["sh", str(tmp_path / "gate")], env=env, capture_output=True,
-                            text=True, timeout=60)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "PYTHONPATH": str(tmp_path / "site")}
+    result = subprocess.run(
+        [sys.executable, str(tmp_path / "gated"), "scheduler", "--verbose"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
     assert result.returncode == 0, result.stderr
-    calls = (tmp_path / "calls").read_text().splitlines()
-    assert len(calls) == 4 and all("-h 127.0.0.1 -p 5000" in c for c in calls)
+    lines = record.read_text().splitlines()
+    imports = [line for line in lines if line.startswith("import ")]
+    checks = [line for line in lines if line.startswith("pg_isready")]
+    # Imports first, then the wait (four checks), then the command, in this process.
+    assert lines == [*imports, *checks, "run airflow scheduler --verbose"]
+    assert sorted(imports) == sorted(f"import {m}" for m in modules)
+    assert len(checks) == 4 and all("-h 127.0.0.1 -p 5000" in c for c in checks)
     # With no primary at all it gives up (and systemd starts the unit again a second later).
-    (tmp_path / "gate").write_text(script.replace(f"{airflow.WAIT_DB_S} ))", "1 ))"))
+    launcher = (tmp_path / "gated").read_text()
+    (tmp_path / "gated").write_text(launcher.replace(f"WAIT_S = {airflow.WAIT_DB_S}", "WAIT_S = 1"))
     (bin_dir / "pg_isready").write_text("#!/bin/sh\nexit 2\n")
-    (bin_dir / "sleep").write_text("#!/bin/sh\n/bin/sleep 0.2\n")
-    result = subprocess.run(["sh", str(tmp_path / "gate")], env=env, capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, str(tmp_path / "gated"), "scheduler"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
     assert result.returncode == 1 and "no PostgreSQL primary" in result.stderr
-
 
 def test_celery_result_store_outlasts_a_database_failover(local) -> None:
     engine, _ = local
