@@ -458,7 +458,7 @@ class Key:
 
 
 PATRONI_KEYS: tuple[Key, ...] = (
-    Key("ttl", "number", "leader lock lifetime in seconds (Patroni raises anything below 20)",
+    Key("ttl", "number", "leader lock lifetime in seconds (at least 20, Patroni's minimum)",
         seconds(20), 30),
     Key("loopWait", "number", "seconds between Patroni's HA loops", seconds(1), 10),
     Key("retryTimeout", "number", "seconds an etcd or PostgreSQL call may take before demotion",
@@ -491,7 +491,7 @@ TOP_KEYS: tuple[Key, ...] = (
     Key("awsVpcCidr", "text", "the VPC of AWS nodes (must not overlap meshCidr)",
         aws_vpc_network, "10.80.0.0/16"),
     Key("airflowVersion", "text",
-        "the Airflow release, installed from templates/airflow/requirements-<version>-py313.txt",
+        "the Airflow release; installed from its committed lock file in templates/airflow/",
         airflow_version, "3.3.2"),
     Key("postgresVersion", "number", "the PostgreSQL major version (Debian 13's)",
         postgres_version, 17),
