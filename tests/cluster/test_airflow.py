@@ -173,13 +173,16 @@ def test_node_loss_drill(cluster, fanout) -> None:
     assert figures["rejoin_seconds"] > 0
 
 
-# One node's api-server and worker restarted together, as a deploy does: systemd stops the
-# worker first (its running tasks end while their api-server answers), every api-server worker
-# process warms the Execution API before it accepts a connection, and the Celery worker starts
-# only once the api-server answers.
+# One node's api-server and worker restarted together, as the deploy's start step does (the
+# worker stopped alone, then the rest, then a start of both): the worker is stopped first (its
+# running tasks end while their api-server answers), every api-server worker process warms the
+# Execution API before it accepts a connection, and the Celery worker starts only once the
+# api-server answers.
 RESTART_ORDER = r"""
 since=$(date +%s.%N)
-systemctl restart airflow-api-server airflow-worker
+systemctl stop airflow-worker
+systemctl stop airflow-api-server airflow-worker
+systemctl start airflow-api-server airflow-worker
 journalctl -o short-unix --since "@$since" -u airflow-api-server -u airflow-worker \
   | grep -E 'Stopping airflow|Stopped airflow|Started airflow|Execution API warmed|startup complete'
 """
@@ -211,3 +214,51 @@ def _rejoins(node: str, timeout: float = SETTLE_S) -> bool:
             return True
         time.sleep(5)
     return False
+
+
+CHANGING_DAG = '''"""airflow-ha cluster test: a DAG file that changes (tests/cluster)."""
+from datetime import datetime
+
+from airflow.providers.standard.operators.empty import EmptyOperator
+from airflow.sdk import DAG
+
+with DAG(dag_id="airflow_ha_changing", schedule=None, start_date=datetime(2024, 1, 1),
+         description="VERSION", tags=["airflow-ha"]):
+    EmptyOperator(task_id="nothing")
+'''
+
+
+def test_a_changed_dag_file_is_parsed_again_before_the_unchanged_interval(cluster) -> None:
+    """Unchanged files are parsed again only every [dag_processor] min_file_process_interval
+    (120 s); a file whose content changed must be picked up well before that."""
+    api = drill.Api(NODES[0])
+    path = f"{drill.DAGS_DIR}/airflow_ha_changing.py"
+
+    def write(version: str) -> None:
+        cluster(
+            NODES[0],
+            f"cat > {path}.tmp <<'EOF'\n{CHANGING_DAG.replace('VERSION', version)}EOF\n"
+            f"chown airflow:airflow {path}.tmp && mv {path}.tmp {path}",
+        )
+
+    def description() -> str | None:
+        try:
+            return api.get("/api/v2/dags/airflow_ha_changing").get("description")
+        except RuntimeError:
+            return None
+
+    def wait_for(version: str, timeout: float) -> float | None:
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if description() == version:
+                return time.monotonic() - started
+            time.sleep(2)
+        return None
+
+    write("v1")
+    assert wait_for("v1", 240) is not None
+    time.sleep(5)
+    write("v2")
+    seen = wait_for("v2", 100)
+    print(f"changed DAG visible after {seen} s")
+    assert seen is not None, "a changed DAG file waited for the unchanged-file interval"

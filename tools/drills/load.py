@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import airflow_drill, failover
-from tools.drills import common
+from tools.drills import common, report
 from tools.drills.common import NODES, Agent, Log, say
 
 BURST_DAG_ID = "airflow_ha_burst"
@@ -78,6 +78,7 @@ QUICK_CONDITIONS = ("api-restart", "db-crash")
 QUICK_RUNS = 3
 FULL_RUNS = 5
 AIRFLOW_UNITS = " ".join(airflow_drill.SERVICES)
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 
 
 def ensure_dags(api_node: str, log: Log = say, timeout: float = 300) -> None:
@@ -222,7 +223,12 @@ def _rolling_restart(log: Log) -> None:
     every Airflow unit and wait until the api-server answers health again."""
     for node in NODES:
         log(f"  rolling: restarting Airflow on {node}")
-        common.ssh(node, f"systemctl restart {AIRFLOW_UNITS}", timeout=300)
+        common.ssh(
+            node,
+            f"systemctl stop airflow-worker; systemctl stop {AIRFLOW_UNITS}; "
+            f"systemctl start {AIRFLOW_UNITS}",
+            timeout=600,
+        )
         mesh = common.ssh(node, "ip -4 -o addr show wg0 | awk '{print $4}' | cut -d/ -f1").stdout
         common.ssh(
             node,
@@ -342,7 +348,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.drills.load", description=__doc__)
     parser.add_argument("--runs", type=int, default=5, help="runs of the 40-task DAG (default 5)")
     parser.add_argument("--conditions", default=",".join(CONDITIONS))
-    parser.add_argument("--out", type=Path, help="write the result document here (JSON)")
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS, help="where <time>-load-<host>.json goes"
+    )
+    parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error("run as root (it restarts units and kills PostgreSQL on the local machines)")
@@ -351,9 +360,15 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown condition(s) {sorted(unknown)}: choose from {list(CONDITIONS)}")
     doc = run(chosen, args.runs)
-    print(json.dumps(doc, indent=1))
-    if args.out:
-        args.out.write_text(json.dumps(doc, indent=1) + "\n")
+    doc["command"] = "python -m tools.drills.load " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
+    print(report.load_markdown(doc))
+    if not args.no_write:
+        stamp = time.strftime("%Y-%m-%dT%H%M%SZ", time.gmtime())
+        path = args.out / f"{stamp}-load-{os.uname().nodename}.json"
+        path.write_text(json.dumps(doc, indent=1) + "\n")
+        say(f"wrote {path}")
     return 0 if doc["ok"] else 1
 
 

@@ -1,0 +1,29 @@
+"""Every table marked in docs/ matches the committed result file it names (tools/drills/docs.py)."""
+
+from __future__ import annotations
+
+import json
+
+from tools.drills import docs
+
+
+def test_doc_tables_match_their_result_files() -> None:
+    assert not docs.stale(), "run: .venv/bin/python -m tools.drills.docs"
+
+
+def test_a_marked_table_is_rendered_from_its_file(tmp_path, monkeypatch) -> None:
+    result = tmp_path / "r.json"
+    record = {
+        "condition": "warm", "task_instances": 7, "failed": 0, "failed_never_ran": 0,
+        "runs_not_success": [], "per_minute": 12.5, "slowest_run_call_s": {"a": 0.5, "b": 2.0},
+        "execution_api_calls_repeated": 0,
+    }
+    doc = {"burst": {"runs_of_burst_dag": 1, "tasks_per_run": 2, "examples": ["x"]},
+           "machine": {"cores": 2}, "records": [record]}
+    result.write_text(json.dumps(doc))
+    monkeypatch.setattr(docs, "REPO", tmp_path)
+    text = "intro\n<!-- table: load r.json -->\nold figures\n<!-- /table -->\nafter\n"
+    out = docs.render(text)
+    assert "old figures" not in out and out.startswith("intro\n") and out.endswith("after\n")
+    assert "| warm | 7 | 0 | 0 | 0 | 12.5 | 2.0 | 0 | - | - |" in out
+    assert docs.render(out) == out

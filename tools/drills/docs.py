@@ -1,0 +1,86 @@
+"""Tables in docs/ rendered from committed result files, so that no figure is typed by hand.
+
+    python -m tools.drills.docs            # rewrite every marked table
+    python -m tools.drills.docs --check    # exit 1 when a table differs from its file
+
+A table is marked in a Markdown file by
+
+    <!-- table: KIND benchmarks/results/FILE.json -->
+    ...rendered here...
+    <!-- /table -->
+
+KIND is `load` (tools/drills/load.py's document) or `footprint` (tools/drills/footprint.py's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tools.drills import footprint, report
+
+REPO = Path(__file__).resolve().parents[2]
+DOCS = REPO / "docs"
+BLOCK = re.compile(
+    r"(<!-- table: (?P<kind>[a-z]+) (?P<path>\S+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S
+)
+
+
+def _footprint(doc: dict[str, Any]) -> str:
+    nodes = doc["nodes"]
+    totals = ", ".join(
+        f"{name} {n['cpu_percent']} % of a core / {n['pss_mib']:.0f} MiB" for name, n in
+        nodes.items()
+    )
+    return (
+        f"Sampled for {doc['seconds']:.0f} s at idle on {doc['machine']['cores']} host cores "
+        f"({doc['date']}); per unit: CPU in % of one core / memory (Pss) in MiB; units under "
+        f"5 MiB left out. Node totals: {totals}.\n\n" + footprint.text_table(nodes)
+    )
+
+
+RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "load": report.load_markdown,
+    "footprint": _footprint,
+}
+
+
+def render(text: str) -> str:
+    def one(match: re.Match[str]) -> str:
+        doc = json.loads((REPO / match["path"]).read_text())
+        body = RENDERERS[match["kind"]](doc).rstrip("\n") + "\n"
+        return f"{match.group(1)}{body}{match.group(5)}"
+
+    return BLOCK.sub(one, text)
+
+
+def stale() -> list[Path]:
+    return [p for p in sorted(DOCS.glob("*.md")) if render(p.read_text()) != p.read_text()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.drills.docs", description=__doc__)
+    parser.add_argument("--check", action="store_true")
+    args = parser.parse_args(argv)
+    if args.check:
+        old = stale()
+        for path in old:
+            print(f"{path.relative_to(REPO)}: a table differs from its result file; "
+                  "run python -m tools.drills.docs", file=sys.stderr)
+        return 1 if old else 0
+    for path in sorted(DOCS.glob("*.md")):
+        text = path.read_text()
+        new = render(text)
+        if new != text:
+            path.write_text(new)
+            print(f"rewrote {path.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
