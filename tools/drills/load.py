@@ -20,7 +20,6 @@ Conditions:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import statistics
@@ -34,6 +33,7 @@ from typing import Any
 from benchmarks import airflow_drill, failover
 from tools.drills import common, report
 from tools.drills.common import NODES, Agent, Log, say
+from tools.drills.workload import put_dag, wait_parsed
 
 BURST_DAG_ID = "airflow_ha_burst"
 BURST_TASKS = 40
@@ -88,29 +88,11 @@ def ensure_dags(api_node: str, log: Log = say, timeout: float = 300) -> None:
     for path, _ in EXAMPLES:
         wanted[f"airflow_ha_{Path(path).name}"] = common.ssh(node, f"cat {SITE}/{path}").stdout
     for name, text in wanted.items():
-        path = f"{airflow_drill.DAGS_DIR}/{name}"
-        digest = hashlib.sha256(text.encode()).hexdigest()
-        for target in NODES:
-            have = common.ssh(target, f"sha256sum {path} 2>/dev/null", check=False).stdout
-            if have.split()[:1] != [digest]:
-                log(f"writing {name} on {target}")
-                common.ssh(
-                    target,
-                    f"cat > {path}.tmp && chown airflow:airflow {path}.tmp && mv {path}.tmp {path}",
-                    stdin=text,
-                )
+        put_dag(name, text, log)
     api = airflow_drill.Api(api_node)
     deadline = time.monotonic() + timeout
     for dag_id in [BURST_DAG_ID, *(d for _, d in EXAMPLES)]:
-        while True:
-            try:
-                if api.get(f"/api/v2/dags/{dag_id}/tasks").get("total_entries"):
-                    break
-            except RuntimeError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{dag_id} not parsed by {api_node} after {timeout:.0f} s")
-            time.sleep(3)
+        wait_parsed(api, dag_id, deadline)
 
 
 def burst(

@@ -75,28 +75,38 @@ class Secrets:
         )
 
 
-def ensure_probe_dag(api_node: str, log: Log = say, timeout: float = 300) -> None:
-    """The probe DAG on every node (written where it differs), parsed and unpaused."""
-    path = f"{airflow_drill.DAGS_DIR}/{PROBE_DAG_ID}.py"
-    digest = hashlib.sha256(PROBE_DAG.encode()).hexdigest()
+def put_dag(name: str, text: str, log: Log = say) -> None:
+    """A DAG file on every node, written (as the airflow user's) only where it differs."""
+    path = f"{airflow_drill.DAGS_DIR}/{name}"
+    digest = hashlib.sha256(text.encode()).hexdigest()
     for node in NODES:
         have = airflow_drill.ssh(node, f"sha256sum {path} 2>/dev/null", check=False).stdout
         if have.split()[:1] != [digest]:
-            log(f"writing the probe DAG on {node}")
+            log(f"writing {name} on {node}")
             airflow_drill.ssh(
                 node,
                 f"cat > {path}.tmp && chown airflow:airflow {path}.tmp && mv {path}.tmp {path}",
-                stdin=PROBE_DAG,
+                stdin=text,
             )
-    api = airflow_drill.Api(api_node)
-    deadline = time.monotonic() + timeout
+
+
+def wait_parsed(api: airflow_drill.Api, dag_id: str, deadline: float, tasks: int | None = None):
+    """Until the DAG's tasks are in the database (`tasks` of them, if given)."""
     while True:
         with contextlib.suppress(RuntimeError):
-            if api.get(f"/api/v2/dags/{PROBE_DAG_ID}/tasks").get("total_entries") == 1:
-                break
+            found = api.get(f"/api/v2/dags/{dag_id}/tasks").get("total_entries")
+            if found and (tasks is None or found == tasks):
+                return
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{PROBE_DAG_ID} not parsed by {api_node} after {timeout:.0f} s")
+            raise TimeoutError(f"{dag_id} not parsed by {api.node} in time")
         time.sleep(3)
+
+
+def ensure_probe_dag(api_node: str, log: Log = say, timeout: float = 300) -> None:
+    """The probe DAG on every node (written where it differs), parsed and unpaused."""
+    put_dag(f"{PROBE_DAG_ID}.py", PROBE_DAG, log)
+    api = airflow_drill.Api(api_node)
+    wait_parsed(api, PROBE_DAG_ID, time.monotonic() + timeout, tasks=1)
     api.patch(f"/api/v2/dags/{PROBE_DAG_ID}", {"is_paused": False})
 
 
