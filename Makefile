@@ -28,7 +28,7 @@ test-cluster: local-up ## the real-daemon tests on the local machines (root)
 	.venv/bin/pytest -m cluster tests/cluster --ignore=tests/cluster/test_drills.py
 
 test-drills: local-up ## the resilience suite's quick form as tests (long: machines are stopped)
-	.venv/bin/pytest -m cluster tests/cluster/test_drills.py
+	.venv/bin/pytest -rP -m cluster tests/cluster/test_drills.py  # -rP: the figures in the log
 
 local-down: ## stop the local machines and remove everything they added to the host
 	python3 -m tools.localcloud down

@@ -10,6 +10,8 @@ is `python -m tools.drills` (docs/resilience.md). Runs last: it stops and partit
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tools.drills import common, load, report
@@ -19,11 +21,13 @@ from tools.drills.drills import catalogue
 pytestmark = pytest.mark.cluster
 
 QUICK = [name for name, _, _ in catalogue(quick=True)]
+OUT = Path(__file__).resolve().parents[2] / "out" / "drills"
 
 
 @pytest.fixture(scope="module")
 def suite(cluster) -> dict:
-    doc = run_suite(quick=True, out_dir=None, command="pytest tests/cluster/test_drills.py")
+    # Kept on the machine that ran it (out/ is not committed): CI's figures, by time and host.
+    doc = run_suite(quick=True, out_dir=OUT, command="pytest tests/cluster/test_drills.py")
     print(f"\nquick drills in {doc['minutes']} min")
     print(report.text_table(doc["table"]))
     print(report.load_markdown(doc["load"]))
