@@ -223,27 +223,28 @@ def host(value: Any, key: str) -> str:
     return str(address)
 
 
+def matching(
+    value: Any, key: str, expected: str, pattern: re.Pattern[str], problem: str, fix: str
+) -> str:
+    """A string that `pattern` matches; else one error naming the key, the value and the fix."""
+    text = as_str(value, key, expected)
+    if not pattern.match(text):
+        raise ConfigError(key, f"{text!r} {problem}", fix)
+    return text
+
+
 def login_user(value: Any, key: str) -> str:
-    user = as_str(value, key, "a user name")
-    if not LOGIN_USER_RE.match(user):
-        raise ConfigError(
-            key,
-            f"{user!r} is not a plain login name",
-            "use lower-case letters, digits, '_' and '-', starting with a letter or '_', "
-            "at most 32",
-        )
-    return user
+    return matching(
+        value, key, "a user name", LOGIN_USER_RE, "is not a plain login name",
+        "use lower-case letters, digits, '_' and '-', starting with a letter or '_', at most 32",
+    )
 
 
 def admin_user(value: Any, key: str) -> str:
-    user = as_str(value, key, "a user name")
-    if not ADMIN_USER_RE.match(user):
-        raise ConfigError(
-            key,
-            f"{user!r} is not a plain user name",
-            "use lower-case letters, digits, '_' and '-', starting with a letter, at most 32",
-        )
-    return user
+    return matching(
+        value, key, "a user name", ADMIN_USER_RE, "is not a plain user name",
+        "use lower-case letters, digits, '_' and '-', starting with a letter, at most 32",
+    )
 
 
 def port(value: Any, key: str) -> int:
@@ -272,21 +273,17 @@ def hcloud_location(value: Any, key: str) -> str:
 
 
 def aws_region(value: Any, key: str) -> str:
-    region = as_str(value, key, "an AWS region code")
-    if not AWS_REGION_RE.match(region):
-        raise ConfigError(
-            key, f"{region!r} is not an AWS region", "use a region code such as eu-central-1"
-        )
-    return region
+    return matching(
+        value, key, "an AWS region code", AWS_REGION_RE, "is not an AWS region",
+        "use a region code such as eu-central-1",
+    )
 
 
 def size(value: Any, key: str) -> str:
-    text = as_str(value, key, "a server type")
-    if not SIZE_RE.match(text):
-        raise ConfigError(
-            key, f"{text!r} is not a server type", "write one such as cx32 or m6i.xlarge"
-        )
-    return text
+    return matching(
+        value, key, "a server type", SIZE_RE, "is not a server type",
+        "write one such as cx32 or m6i.xlarge",
+    )
 
 
 def mesh_index(value: Any, key: str) -> int:
@@ -369,12 +366,10 @@ def secret(value: Any, key: str) -> Any:
 
 
 def airflow_version(value: Any, key: str) -> str:
-    text = as_str(value, key, "an Airflow version")
-    if not AIRFLOW_VERSION_RE.match(text):
-        raise ConfigError(
-            key, f"{text!r} is not an Airflow 3.x.y version", "pin an Airflow 3 release, e.g. 3.3.2"
-        )
-    return text
+    return matching(
+        value, key, "an Airflow version", AIRFLOW_VERSION_RE, "is not an Airflow 3.x.y version",
+        "pin an Airflow 3 release, e.g. 3.3.2",
+    )
 
 
 def postgres_version(value: Any, key: str) -> int:

@@ -200,9 +200,20 @@ def after_failover(
     }
 
 
+def _wait_api_answers(node: str, mesh: str) -> None:
+    """Until the node's api-server answers on its mesh address (at most 300 s)."""
+    common.ssh(
+        node,
+        f"for i in $(seq 300); do curl -sf -o /dev/null http://{mesh}:8080/api/v2/version"
+        " && exit 0; sleep 1; done; exit 1",
+        timeout=330,
+    )
+
+
 def _rolling_restart(log: Log) -> None:
     """What the deploy's airflow-start steps do for a changed config: node after node, restart
     every Airflow unit and wait until the api-server answers health again."""
+    mesh = common.mesh_addresses()
     for node in NODES:
         log(f"  rolling: restarting Airflow on {node}")
         common.ssh(
@@ -211,13 +222,7 @@ def _rolling_restart(log: Log) -> None:
             f"systemctl start {AIRFLOW_UNITS}",
             timeout=600,
         )
-        mesh = common.ssh(node, "ip -4 -o addr show wg0 | awk '{print $4}' | cut -d/ -f1").stdout
-        common.ssh(
-            node,
-            f"for i in $(seq 300); do curl -sf -o /dev/null http://{mesh.strip()}:8080/api/v2/version"
-            " && exit 0; sleep 1; done; exit 1",
-            timeout=330,
-        )
+        _wait_api_answers(node, mesh[node])
 
 
 def condition(name: str, runs: int, password: str, db_password: str, log: Log) -> dict[str, Any]:
@@ -229,15 +234,7 @@ def condition(name: str, runs: int, password: str, db_password: str, log: Log) -
     if name == "api-restart":
         common.parallel(lambda n: common.ssh(n, "systemctl restart airflow-api-server"), NODES)
         mesh = common.mesh_addresses()
-        common.parallel(
-            lambda n: common.ssh(
-                n,
-                f"for i in $(seq 300); do curl -sf -o /dev/null http://{mesh[n]}:8080/api/v2/version"
-                " && exit 0; sleep 1; done; exit 1",
-                timeout=330,
-            ),
-            NODES,
-        )
+        common.parallel(lambda n: _wait_api_answers(n, mesh[n]), NODES)
         log("  every api-server restarted and answering")
     elif name == "rolling":
         background = threading.Thread(target=_rolling_restart, args=(log,))
