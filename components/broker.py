@@ -95,6 +95,7 @@ def node_context(cfg: ClusterConfig, node: str) -> dict:
         "discovery_retry_limit": DISCOVERY_RETRY_LIMIT,
         "discovery_retry_interval_ms": DISCOVERY_RETRY_INTERVAL_MS,
         "consumer_timeout_ms": cfg.rabbitmq_consumer_timeout_ms,
+        "net_ticktime_s": cfg.rabbitmq_net_ticktime_s,
         "plugins": list(PLUGINS),
         "restart_sec": RESTART_SEC,
     }

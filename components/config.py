@@ -79,6 +79,7 @@ class ClusterConfig:
     dag_sync: str
     public_ui: bool
     rabbitmq_consumer_timeout_ms: int
+    rabbitmq_net_ticktime_s: int
     airflow_admin_user: str
     celery_worker_concurrency: int
     wireguard_port: ClassVar[int] = 51820  # a constant of the program, not a key
@@ -292,6 +293,7 @@ def parse_config(raw: Mapping[str, Any], stack: str = "dev") -> ClusterConfig:
         dag_sync=get("dagSync"),
         public_ui=get("publicUi"),
         rabbitmq_consumer_timeout_ms=get("rabbitmqConsumerTimeoutMs"),
+        rabbitmq_net_ticktime_s=get("rabbitmqNetTicktimeS"),
         airflow_admin_user=get("airflowAdminUser"),
         celery_worker_concurrency=get("celeryWorkerConcurrency"),
     )

@@ -225,6 +225,8 @@ BAD_CONFIGS: list[tuple[str, dict[str, Any], str, str]] = [
     ("unknown dagSync", _dev(dagSync="rsync"), "dagSync", "not a known mode"),
     ("consumer timeout too short", _dev(rabbitmqConsumerTimeoutMs=1000),
      "rabbitmqConsumerTimeoutMs", "long tasks"),
+    ("net ticktime too short", _dev(rabbitmqNetTicktimeS=1),
+     "rabbitmqNetTicktimeS", "from 5 to 120"),
     ("consumer timeout as words", _dev(rabbitmqConsumerTimeoutMs="1 day"),
      "rabbitmqConsumerTimeoutMs", "whole number"),
     ("worker concurrency zero", _dev(celeryWorkerConcurrency=0), "celeryWorkerConcurrency",
