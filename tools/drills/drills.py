@@ -402,6 +402,7 @@ def machine_stop(suite: Suite, record: dict) -> None:
             in_flight = wl.running_on(victim)
             time.sleep(1)
         event = common.stop_machine(victim)
+        wl.in_effect_at = time.time()
         suite.log(f"  {victim} killed (power cut) with probe runs {in_flight} running on it")
         try:
             recovered = wl.wait_recovered(event)
@@ -526,6 +527,7 @@ def partition(suite: Suite, record: dict) -> None:
         direct = {n: DbWriter(n, suite.secrets.db, host=suite.mesh[n], port=5432) for n in NODES}
         time.sleep(BASELINE_S)
         event = common.partition(victim)
+        wl.in_effect_at = time.time()
         suite.log(f"  {victim} (the primary) partitioned")
         survivors = others(victim)
 
@@ -632,6 +634,7 @@ def region_lost(suite: Suite, record: dict) -> None:
         time.sleep(BASELINE_S)
         event = common.partition(victim, verify=False)
         common.stop_machine(victim)
+        wl.in_effect_at = time.time()
         suite.log(f"  region of {victim} (the primary) lost: partitioned and killed")
         try:
             recovered = wl.wait_recovered(event)

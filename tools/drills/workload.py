@@ -198,6 +198,10 @@ class Workloads:
         self.trigger: Agent | None = None
         self.started = 0.0
         self.stopped_at: float | None = None
+        # When the disturbance was surely in effect (the kill or cut command returned): a run
+        # sent between the event and then may still have slipped through, so it does not count
+        # as a run created after the event. None: the event itself.
+        self.in_effect_at: float | None = None
 
     # --- start / stop ---------------------------------------------------------------------
 
@@ -279,8 +283,9 @@ class Workloads:
         ]
 
     def first_new_run_start(self, event: float, lines: list[str] | None = None) -> float | None:
-        """When the first task of a run created after the event started."""
-        new = {r["run_id"] for r in self.acked_runs(lines) if r["sent"] >= event}
+        """When the first task of a run created after the event (in effect) started."""
+        since = max(event, self.in_effect_at or event)
+        new = {r["run_id"] for r in self.acked_runs(lines) if r["sent"] >= since}
         if not new:
             return None
         starts = [r["start"] for rid, r in self.runs().items() if rid in new and r["start"]]

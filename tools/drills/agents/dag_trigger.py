@@ -9,7 +9,10 @@ Every `interval` seconds it creates one run of the DAG through Airflow's REST AP
 A run the API acknowledged (HTTP 200, or 409 when an earlier attempt that timed out had created
 it) gets `ok SEQ SENT ACKED RUN_ID API`; a run no api-server accepted `err SEQ SENT MESSAGE`.
 Acknowledged runs must all end in success; tools.drills checks that in the database.
-Stops on SIGTERM.
+A request gives up after `timeout` seconds (3: the API answers in milliseconds, and a dead
+node's api-server must not hold the probe for long), and after a round that no api-server
+accepted the next one starts after 1 s, not a whole interval: the probe measures when Airflow
+can take a run again, not its own cadence. Stops on SIGTERM.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
+
+RETRY_AFTER_FAILURE_S = 1.0
 
 
 def call(url: str, body: dict, token: str | None, timeout: float) -> tuple[int, dict]:
@@ -37,7 +42,7 @@ def call(url: str, body: dict, token: str | None, timeout: float) -> tuple[int, 
 
 def main() -> int:
     cfg = json.loads(os.environ["AIRFLOW_HA_DRILL_SETTINGS"])
-    interval, timeout = float(cfg.get("interval", 5)), float(cfg.get("timeout", 10))
+    interval, timeout = float(cfg.get("interval", 5)), float(cfg.get("timeout", 3))
     stop: list[bool] = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
     token: str | None = None
@@ -77,6 +82,8 @@ def main() -> int:
             else:
                 text = " ".join("; ".join(errors).split())[:300]
                 log.write(f"err {seq} {sent:.3f} {text}\n")
+                time.sleep(RETRY_AFTER_FAILURE_S)
+                continue
             time.sleep(max(0.0, interval - (time.time() - sent)))
     return 0
 
