@@ -57,6 +57,10 @@ DB_CONNECT_TIMEOUT_S = 10
 PATRONI_CONFIG = "/etc/patroni/config.yml"
 PATRONI_DROPIN = "/etc/systemd/system/patroni.service.d/airflow-ha.conf"
 ETCD_DROPIN = "/etc/systemd/system/etcd.service.d/airflow-ha.conf"
+# Keeps etcd's Raft leader off the primary's node (why: the script's docstring).
+LEADER_AWAY_SCRIPT = "/usr/local/sbin/airflow-ha-etcd-leader-away"
+LEADER_AWAY_UNIT = "airflow-ha-etcd-leader-away"
+LEADER_AWAY_INTERVAL_S = 10
 # Patroni restarts after a crash; 5 s keeps a crash loop from spinning while staying well
 # under the leader TTL, so a crashed Patroni is usually back before a failover is needed.
 PATRONI_RESTART_SEC = 5
@@ -102,6 +106,26 @@ def packages_for(cfg: ClusterConfig) -> list[str]:
         "python3-psycopg2",
         "haproxy",
         "curl",
+    ]
+
+
+def leader_away_files(spec: NodeSpec) -> list[RemoteFile]:
+    """The script and timer that keep etcd's leader off the PostgreSQL primary's node."""
+    context = {
+        "node": spec.name,
+        "mesh_address": spec.mesh_address,
+        "rest_port": PATRONI_PORT,
+        "client_port": ETCD_CLIENT_PORT,
+        "script": LEADER_AWAY_SCRIPT,
+        "interval": LEADER_AWAY_INTERVAL_S,
+    }
+    unit = f"/etc/systemd/system/{LEADER_AWAY_UNIT}"
+    return [
+        RemoteFile(
+            LEADER_AWAY_SCRIPT, render("database/etcd-leader-away.py.j2", context), mode="0755"
+        ),
+        RemoteFile(f"{unit}.service", render("database/etcd-leader-away.service.j2", context)),
+        RemoteFile(f"{unit}.timer", render("database/etcd-leader-away.timer.j2", context)),
     ]
 
 
@@ -216,9 +240,11 @@ class DatabaseTier(pulumi.ComponentResource):
                         "config": PATRONI_CONFIG,
                         "dropin": PATRONI_DROPIN,
                         "rest_port": PATRONI_PORT,
+                        "leader_away_unit": LEADER_AWAY_UNIT,
                     },
                 ),
                 files=[
+                    *leader_away_files(spec),
                     RemoteFile(
                         PATRONI_CONFIG,
                         render_output("database/patroni.yml.j2", patroni_context),

@@ -17,6 +17,7 @@ import pytest
 
 from benchmarks import failover
 from benchmarks.broker_drill import ClusterLock
+from components import database
 from tests.cluster.conftest import NODES
 from tools.localcloud.machines import by_name, ssh_command
 
@@ -57,6 +58,31 @@ def test_patroni_has_one_leader_and_two_streaming_replicas(cluster) -> None:
         assert member["State"] == expected, listing
     config = cluster("node-a", f"{PATRONICTL} show-config").stdout
     assert "synchronous_mode: true" in config and "use_pg_rewind: true" in config
+
+
+def _etcd_leader_node(cluster) -> str:
+    status = json.loads(cluster("node-a", f"{ETCDCTL} endpoint status --cluster -w json").stdout)
+    (leader,) = [s for s in status if s["Status"]["leader"] == s["Status"]["header"]["member_id"]]
+    return next(n for n, address in MESH.items() if address in leader["Endpoint"])
+
+
+def test_etcd_leadership_put_on_the_primary_node_moves_away_by_itself(cluster) -> None:
+    """airflow-ha-etcd-leader-away.timer: the primary's node hands etcd's leadership on."""
+    listing = json.loads(cluster("node-a", f"{PATRONICTL} list -f json").stdout)
+    (primary,) = [m["Member"] for m in listing if m["Role"] == "Leader"]
+    members = json.loads(cluster("node-a", f"{ETCDCTL} member list -w json").stdout)["members"]
+    primary_id = next(format(m["ID"], "x") for m in members if m["name"] == primary)
+    with ClusterLock():
+        leader = _etcd_leader_node(cluster)
+        if leader != primary:
+            cluster(leader, f"{ETCDCTL} move-leader {primary_id}")
+        assert _etcd_leader_node(cluster) == primary
+        deadline = time.monotonic() + 3 * database.LEADER_AWAY_INTERVAL_S + 10
+        while _etcd_leader_node(cluster) == primary and time.monotonic() < deadline:
+            time.sleep(1)
+        assert _etcd_leader_node(cluster) != primary, "etcd still leads on the primary's node"
+    log = cluster(primary, f"journalctl -u {database.LEADER_AWAY_UNIT} --no-pager -n 20").stdout
+    assert "etcd leadership moved to" in log
 
 
 @pytest.mark.parametrize("node", NODES)
