@@ -2,13 +2,16 @@
 STACK ?= dev
 PY := .venv/bin/python
 
-.PHONY: help setup test render config-doc local-up local-down test-cluster test-drills
+.PHONY: help setup lock test render config-doc local-up local-down test-cluster test-drills
 
 help:
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
 
 setup: ## host packages (as root) and the Python venv in .venv
 	bash tools/setup.sh
+
+lock: ## re-resolve requirements.lock (every package's exact version) after changing a requirements file
+	bash tools/lock.sh
 
 test: ## lint and the offline tests (mocks, rendered files checked by real tools)
 	.venv/bin/ruff check .

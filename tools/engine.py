@@ -179,6 +179,9 @@ class _ParentRecordingMonitor(pulumi_mocks.MockMonitor):
                     parent_key = f"{parent_type}::{parent_name}"
             with self.mocks.lock:
                 self.mocks.parents[(request.type, request.name)] = parent_key
+                # What the engine orders this resource after (URNs), for tools.deploy's
+                # --target-dependents.
+                self.mocks.dependencies[(request.type, request.name)] = list(request.dependencies)
         return super().RegisterResource(request)
 
 
@@ -189,6 +192,7 @@ class Engine(pulumi_mocks.Mocks):
         self.lock = threading.Lock()
         self.resources: list[Registered] = []
         self.parents: dict[tuple[str, str], str] = {}  # (type, name) -> "parent-type::name"
+        self.dependencies: dict[tuple[str, str], list[str]] = {}  # (type, name) -> URNs
         self.secret_outputs: set[str] = set()  # stack outputs that are secrets
         self._counter = 0
 

