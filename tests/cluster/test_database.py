@@ -66,22 +66,24 @@ def _etcd_leader_node(cluster) -> str:
     return next(n for n, address in MESH.items() if address in leader["Endpoint"])
 
 
-def test_etcd_leadership_put_on_the_primary_node_moves_away_by_itself(cluster) -> None:
-    """airflow-ha-etcd-leader-away.timer: the primary's node hands etcd's leadership on."""
+@pytest.mark.parametrize("role", ["Leader", "Sync Standby"])
+def test_etcd_leadership_put_beside_the_primary_or_sync_standby_moves_away(cluster, role) -> None:
+    """airflow-ha-etcd-leader-away.timer hands etcd's leadership to the async replica's node."""
     listing = json.loads(cluster("node-a", f"{PATRONICTL} list -f json").stdout)
-    (primary,) = [m["Member"] for m in listing if m["Role"] == "Leader"]
+    by_role = {m["Role"]: m["Member"] for m in listing}
+    node = by_role[role]
     members = json.loads(cluster("node-a", f"{ETCDCTL} member list -w json").stdout)["members"]
-    primary_id = next(format(m["ID"], "x") for m in members if m["name"] == primary)
+    node_id = next(format(m["ID"], "x") for m in members if m["name"] == node)
     with ClusterLock():
         leader = _etcd_leader_node(cluster)
-        if leader != primary:
-            cluster(leader, f"{ETCDCTL} move-leader {primary_id}")
-        assert _etcd_leader_node(cluster) == primary
+        if leader != node:
+            cluster(leader, f"{ETCDCTL} move-leader {node_id}")
+        assert _etcd_leader_node(cluster) == node
         deadline = time.monotonic() + 3 * database.LEADER_AWAY_INTERVAL_S + 10
-        while _etcd_leader_node(cluster) == primary and time.monotonic() < deadline:
+        while _etcd_leader_node(cluster) == node and time.monotonic() < deadline:
             time.sleep(1)
-        assert _etcd_leader_node(cluster) != primary, "etcd still leads on the primary's node"
-    log = cluster(primary, f"journalctl -u {database.LEADER_AWAY_UNIT} --no-pager -n 20").stdout
+        assert _etcd_leader_node(cluster) == by_role["Replica"], f"etcd still leads on {node}"
+    log = cluster(node, f"journalctl -u {database.LEADER_AWAY_UNIT} --no-pager -n 20").stdout
     assert "etcd leadership moved to" in log
 
 

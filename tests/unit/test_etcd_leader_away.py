@@ -1,6 +1,6 @@
-"""The timer script that keeps etcd's leader off the PostgreSQL primary's node, executed: a
-fake Patroni REST API answers /primary, a stub etcdctl on PATH answers from a scenario and
-logs its arguments."""
+"""The timer script that keeps etcd's leader off the PostgreSQL primary's and synchronous
+standby's nodes, executed: a fake Patroni REST API answers /cluster, a stub etcdctl on PATH
+answers from a scenario and logs its arguments."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -42,11 +43,14 @@ else:
 
 
 class _Patroni(http.server.BaseHTTPRequestHandler):
-    primary = False
+    roles: ClassVar[dict[str, str]] = {}
 
     def do_GET(self) -> None:
-        self.send_response(200 if self.path == "/primary" and _Patroni.primary else 503)
+        members = [{"name": name, "role": role} for name, role in _Patroni.roles.items()]
+        body = json.dumps({"members": members}).encode()
+        self.send_response(200 if self.path == "/cluster" else 404)
         self.end_headers()
+        self.wfile.write(body)
 
     def log_message(self, *args: object) -> None:
         pass
@@ -67,8 +71,8 @@ def _member(member_id: int, name: str) -> dict:
 MEMBERS = [_member(ME, "node-a"), _member(PEER_DOWN, "node-b"), _member(PEER_UP, "node-c")]
 
 
-def _run(tmp_path: Path, port: int, *, primary: bool, leader: int, healthy: list[str]):
-    _Patroni.primary = primary
+def _run(tmp_path: Path, port: int, *, roles: dict[str, str], leader: int, healthy: list[str]):
+    _Patroni.roles = roles
     script = render(
         "database/etcd-leader-away.py.j2",
         {"node": "node-a", "mesh_address": "127.0.0.1", "rest_port": port,
@@ -100,27 +104,55 @@ def _moves(calls: list[list[str]]) -> list[str]:
     return [c[c.index("move-leader") + 1] for c in calls if "move-leader" in c]
 
 
-def test_primary_and_etcd_leader_here_hands_leadership_to_a_healthy_peer(tmp_path, patroni):
-    done, calls = _run(tmp_path, patroni, primary=True, leader=ME, healthy=["http://node-c:2379"])
+PRIMARY_HERE = {"node-a": "leader", "node-b": "sync_standby", "node-c": "replica"}
+SYNC_HERE = {"node-a": "sync_standby", "node-b": "leader", "node-c": "replica"}
+ALL_UP = ["http://node-b:2379", "http://node-c:2379"]
+
+
+def test_primary_and_etcd_leader_here_hands_it_to_the_async_replica(tmp_path, patroni):
+    done, calls = _run(tmp_path, patroni, roles=PRIMARY_HERE, leader=ME, healthy=ALL_UP)
     assert done.returncode == 0, done.stderr
-    assert _moves(calls) == [format(PEER_UP, "x")], "the healthy peer, its id in hex"
-    assert "moved to node-c" in done.stdout
+    assert _moves(calls) == [format(PEER_UP, "x")], "node-c, the replica, its id in hex"
+    assert "moved to node-c (replica)" in done.stdout
 
 
-def test_a_replica_node_does_nothing(tmp_path, patroni):
-    done, calls = _run(tmp_path, patroni, primary=False, leader=ME, healthy=["http://node-c:2379"])
+def test_sync_standby_and_etcd_leader_here_hands_it_to_the_async_replica(tmp_path, patroni):
+    done, calls = _run(tmp_path, patroni, roles=SYNC_HERE, leader=ME, healthy=ALL_UP)
     assert done.returncode == 0, done.stderr
-    assert calls == [], "not the primary: etcd is not even asked"
+    assert _moves(calls) == [format(PEER_UP, "x")], "never to node-b, the primary"
 
 
-def test_primary_without_etcd_leadership_moves_nothing(tmp_path, patroni):
-    done, calls = _run(tmp_path, patroni, primary=True, leader=PEER_UP, healthy=[])
+def test_replica_down_the_primary_gives_it_to_the_sync_standby(tmp_path, patroni):
+    done, calls = _run(tmp_path, patroni, roles=PRIMARY_HERE, leader=ME,
+                       healthy=["http://node-b:2379"])
+    assert done.returncode == 0, done.stderr
+    assert _moves(calls) == [format(PEER_DOWN, "x")], "node-b: the next best"
+
+
+def test_replica_down_the_sync_standby_keeps_it_rather_than_give_it_to_the_primary(
+    tmp_path, patroni
+):
+    done, calls = _run(tmp_path, patroni, roles=SYNC_HERE, leader=ME,
+                       healthy=["http://node-b:2379"])
     assert done.returncode == 0, done.stderr
     assert _moves(calls) == []
 
 
-def test_no_healthy_peer_fails_the_check_and_says_why(tmp_path, patroni):
-    done, calls = _run(tmp_path, patroni, primary=True, leader=ME, healthy=[])
+def test_an_async_replica_keeps_etcd_leadership(tmp_path, patroni):
+    roles = {"node-a": "replica", "node-b": "leader", "node-c": "sync_standby"}
+    done, calls = _run(tmp_path, patroni, roles=roles, leader=ME, healthy=ALL_UP)
+    assert done.returncode == 0, done.stderr
+    assert _moves(calls) == []
+
+
+def test_a_member_that_does_not_lead_etcd_asks_nothing_more(tmp_path, patroni):
+    done, calls = _run(tmp_path, patroni, roles=PRIMARY_HERE, leader=PEER_UP, healthy=[])
+    assert done.returncode == 0, done.stderr
+    assert [c for c in calls if "status" not in c] == [], "only its own endpoint status"
+
+
+def test_primary_with_no_healthy_peer_fails_the_check_and_says_why(tmp_path, patroni):
+    done, calls = _run(tmp_path, patroni, roles=PRIMARY_HERE, leader=ME, healthy=[])
     assert done.returncode == 1
     assert _moves(calls) == []
     assert "no healthy peer" in done.stderr
