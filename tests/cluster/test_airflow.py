@@ -1,6 +1,6 @@
 """Airflow on the three local machines: six units per node, healthy everywhere, three schedulers,
 DAGs synced by csync2, a fan-out DAG run spread over all three workers, and a whole machine lost
-mid-run without losing the run (benchmarks/airflow_drill.py prints the figures)."""
+mid-run without losing the run (drills/airflow.py prints the figures)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from benchmarks import airflow_drill as drill
+from drills import airflow as drill
 from tests.cluster.conftest import NODES
 
 pytestmark = pytest.mark.cluster

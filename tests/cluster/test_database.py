@@ -1,7 +1,7 @@
 """The database tier on the local machines: etcd, Patroni + PostgreSQL 17, HAProxy.
 
 One quick crash drill (a single kill -9 of the primary's Patroni + PostgreSQL) runs here;
-benchmarks/failover.py repeats it per timing set and prints the medians.
+drills/failover.py repeats it per timing set and prints the medians.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import failover
-from benchmarks.broker_drill import ClusterLock
+from drills import failover
+from drills.broker import ClusterLock
 from tests.cluster.conftest import NODES
 from tools.localcloud.machines import by_name, ssh_command
 

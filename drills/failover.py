@@ -1,13 +1,13 @@
-"""PostgreSQL failover drill on the local machines: `python3 -m benchmarks.failover`.
+"""PostgreSQL failover drill on the local machines: `python3 -m drills.failover`.
 
-    python3 -m benchmarks.failover [--runs N] [--timings default|tuned|both] [--json PATH]
+    python3 -m drills.failover [--runs N] [--timings default|tuned|both] [--json PATH]
 
 For each set of Patroni timings (Patroni's defaults ttl 30 / loop_wait 10 / retry_timeout 10,
 and the local stack's tuned ones), set at run time in the cluster's dynamic config with
 `patronictl edit-config` (no redeploy) and restored afterwards, it runs N crash drills and one
 planned switchover. A crash drill:
 
-  1. a writer on a surviving node (benchmarks/failover_writer.py, Debian's python3-psycopg2)
+  1. a writer on a surviving node (drills/agents/failover_writer.py, Debian's python3-psycopg2)
      commits one row every 100 ms through that node's HAProxy 127.0.0.1:5000;
   2. the primary's Patroni and PostgreSQL are killed with SIGKILL (`systemctl kill -s KILL
      patroni`) and kept down, as if the node had died;
@@ -42,13 +42,13 @@ from typing import Any
 
 import yaml
 
-from benchmarks.broker_drill import ClusterLock, ssh
+from drills.broker import ClusterLock, ssh
 from tools.localcloud.machines import MACHINES
 
 REPO = Path(__file__).resolve().parent.parent
 STATE_FILE = REPO / ".deploy-state" / "local.json"
 PASSWORD_SECRET = "airflow-db-password/password"  # tools.deploy's key for the RandomPassword
-WRITER = Path(__file__).resolve().parent / "failover_writer.py"
+WRITER = Path(__file__).resolve().parent / "agents" / "failover_writer.py"
 DRILL_DIR = "/run/airflow-ha-drill"
 WRITER_ON_NODE = f"{DRILL_DIR}/failover_writer.py"
 PATRONICTL = "patronictl -c /etc/patroni/config.yml"
@@ -378,7 +378,7 @@ def summary(sets: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python3 -m benchmarks.failover", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python3 -m drills.failover", description=__doc__)
     parser.add_argument("--runs", type=int, default=3, help="kills per timing set (default 3)")
     parser.add_argument("--timings", choices=("default", "tuned", "both"), default="both")
     parser.add_argument("--json", type=Path, help="also write the figures here")

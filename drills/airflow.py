@@ -1,4 +1,4 @@
-"""Airflow node-loss drill on the local machines: `python3 -m benchmarks.airflow_drill`.
+"""Airflow node-loss drill on the local machines: `python3 -m drills.airflow`.
 
 Ships a fan-out DAG (one `start` task, then `--tasks` BashOperator tasks sleeping `--seconds`,
 each with retries) by writing it on one node and letting csync2 carry it, triggers a run through
@@ -39,7 +39,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
-from benchmarks import failover
+from drills import failover
 from tools.localcloud.machines import MACHINES, by_name, ssh_command
 
 REPO = Path(__file__).resolve().parent.parent
@@ -431,7 +431,9 @@ def drill(api_node: str, victim: str, writer: str, tasks: int, seconds: int) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python3 -m drills.airflow", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--api", default="node-a", help="the node whose REST API drives the run")
     parser.add_argument(
         "--victim",

@@ -1,7 +1,7 @@
 """The drills. Each takes the cluster lock, waits until the cluster is healthy, starts the steady
-workload (tools/drills/workload.py) on a node that survives, disturbs the cluster, waits until
+workload (drills/workload.py) on a node that survives, disturbs the cluster, waits until
 every workload succeeds again, puts back what it disturbed (try/finally) and waits until every
-part has rejoined by itself (tools/drills/common.py wait_healthy). Each returns one record:
+part has rejoined by itself (drills/common.py wait_healthy). Each returns one record:
 
   outage_s   {db, broker, airflow}: seconds each workload could not succeed (see workload.py)
   lost       {rows, messages, dag_runs}: acknowledged, and missing afterwards (must all be 0)
@@ -20,10 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from benchmarks import broker_drill, failover
-from tools.drills import common
-from tools.drills.common import NODES, Agent, Log, say
-from tools.drills.workload import DbWriter, Secrets, Workloads, ensure_probe_dag
+from drills import broker, common, failover
+from drills.common import NODES, Agent, Log, say
+from drills.workload import DbWriter, Secrets, Workloads, ensure_probe_dag
 
 BASELINE_S = 5  # the workload runs this long before the event
 AIRFLOW_SCHEDULING_UNITS = ("airflow-scheduler", "airflow-dag-processor", "airflow-triggerer")
@@ -130,7 +129,7 @@ def run(suite: Suite, name: str, label: str, body: Callable[[Suite, dict], None]
 
 
 def db_crash(timings: dict[str, int] | None) -> Callable[[Suite, dict], None]:
-    """kill -9 of the primary's Patroni and PostgreSQL (benchmarks/failover.py crash_drill:
+    """kill -9 of the primary's Patroni and PostgreSQL (drills/failover.py crash_drill:
     kept down until the writer commits again, then started). Patroni's timings are set for the
     drill with patronictl edit-config and restored after; None = the stack's own.
     rejoin_s: the old primary's Patroni started -> it streams from the new primary."""
@@ -192,7 +191,7 @@ def db_crash(timings: dict[str, int] | None) -> Callable[[Suite, dict], None]:
 
 
 def switchover(suite: Suite, record: dict) -> None:
-    """A planned `patronictl switchover` (benchmarks/failover.py switchover_drill).
+    """A planned `patronictl switchover` (drills/failover.py switchover_drill).
     outage db: the longest gap between commits. rejoin_s: the switchover began -> the old
     primary streams as a replica and the whole cluster is healthy."""
     leader, _sync, _ = healthy_leader()
@@ -237,9 +236,9 @@ def switchover(suite: Suite, record: dict) -> None:
 
 
 def broker_crash(suite: Suite, record: dict) -> None:
-    """kill -9 of a broker's Erlang VM (benchmarks/broker_drill.py kill_broker) while the
+    """kill -9 of a broker's Erlang VM (drills/broker.py kill_broker) while the
     publisher is connected to it and the queue's leader lives there. rejoin_s: kill -> the
-    node runs in the cluster again, restarted by systemd (broker_drill.wait_rejoin)."""
+    node runs in the cluster again, restarted by systemd (broker.wait_rejoin)."""
     leader, _sync, _ = healthy_leader()
     victim = others(leader)[-1]
     runner = others(leader, victim)[0]
@@ -254,11 +253,11 @@ def broker_crash(suite: Suite, record: dict) -> None:
     wl.start()
     try:
         time.sleep(BASELINE_S)
-        killed = broker_drill.kill_broker(victim)
+        killed = broker.kill_broker(victim)
         event, mono = time.time(), time.monotonic()
         suite.log(f"  killed rabbit@{victim} (beam pid {killed.get('pid')})")
         wl.wait_recovered(event)
-        back = broker_drill.wait_rejoin(victim, killed, mono)
+        back = broker.wait_rejoin(victim, killed, mono)
         health = common.wait_healthy(suite.mesh, suite.secrets.db, since=event)
         figures = wl.finish(event)
     finally:
@@ -460,7 +459,7 @@ def split_brain_check(acks: dict[str, list[float]], victim: str) -> dict[str, An
 def monitor_check(
     lines: dict[str, list[str]], victim: str, event: float, healed: float
 ) -> dict[str, Any]:
-    """What each node saw of itself (tools/drills/agents/monitor.sh) during the partition."""
+    """What each node saw of itself (drills/agents/monitor.sh) during the partition."""
 
     def parse(text: list[str]) -> list[tuple[float, dict[str, str]]]:
         rows = []
@@ -533,7 +532,7 @@ def partition(suite: Suite, record: dict) -> None:
             return failover.leader_of(common.members_from(survivors) or []) in survivors
 
         def rabbit_gone() -> bool:
-            running = broker_drill.running_nodes(runner)
+            running = broker.running_nodes(runner)
             return bool(running) and f"rabbit@{victim}" not in running
 
         watches = {

@@ -1,4 +1,4 @@
-"""Broker node-loss drill on the local machines: `python3 -m benchmarks.broker_drill`.
+"""Broker node-loss drill on the local machines: `python3 -m drills.broker`.
 
 Publishes N messages (default 10,000) with publisher confirms into a quorum queue of the
 `airflow` vhost, through the failover URL list, from a process on one node (`--runner`); once
@@ -13,7 +13,7 @@ Then it drains the queue from the survivors and prints what it measured:
                                   Type=notify and RabbitMQ reports ready once it has synced
                                   with its peers), on the victim's own clock
 
-AMQP listens on mesh addresses only: the AMQP client (benchmarks/broker_agent.py, pika) runs on
+AMQP listens on mesh addresses only: the AMQP client (drills/agents/broker_agent.py, pika) runs on
 the runner node, which gets python3-pika from Debian if it lacks it. The airflow user's
 password comes from the local deploy's state (.deploy-state/local.json) or
 $AIRFLOW_HA_BROKER_PASSWORD. The drill holds /run/airflow-ha-cluster.lock from the first publish
@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 STATE_FILE = REPO / ".deploy-state" / "local.json"
 PASSWORD_SECRET = "rabbitmq-airflow-password/password"  # tools.deploy's key for the RandomPassword
 LOCK_PATH = Path("/run/airflow-ha-cluster.lock")
-AGENT = Path(__file__).resolve().parent / "broker_agent.py"
+AGENT = Path(__file__).resolve().parent / "agents" / "broker_agent.py"
 AGENT_ON_NODE = "/run/airflow-ha-drill/broker_agent.py"
 VHOST = "airflow"
 USER = "airflow"
@@ -358,7 +358,7 @@ def report(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python3 -m benchmarks.broker_drill",
+    parser = argparse.ArgumentParser(prog="python3 -m drills.broker",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--messages", type=int, default=10_000)
     parser.add_argument("--victim", default="node-b")

@@ -23,9 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from benchmarks import failover
-from benchmarks.airflow_drill import SERVICES, localcloud
-from benchmarks.broker_drill import ClusterLock, ssh
+from drills import failover
+from drills.airflow import SERVICES, localcloud
+from drills.broker import ClusterLock, ssh
 from tools.localcloud import net, runtime
 from tools.localcloud.machines import MACHINES
 
@@ -123,7 +123,7 @@ def restore_machines(before: dict[str, dict[str, bool]], log: Log = say) -> list
 class Agent:
     """Copy a script to a node and run it there detached (its own session), logging to a file.
 
-    `script` is a name in tools/drills/agents or a path (e.g. benchmarks/failover_writer.py);
+    `script` is a name in drills/agents or a path (e.g. drills/agents/failover_writer.py);
     its arguments are `args` then the log's path. The secret part of its input (`stdin`: a dict
     becomes JSON) reaches it in the environment variable `env_var`, read from SSH's stdin, never
     on a command line; `env` adds plain variables.

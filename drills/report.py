@@ -1,4 +1,4 @@
-"""The suite's table: printed, and written as JSON and Markdown to benchmarks/results/."""
+"""The suite's table: printed, and written as JSON and Markdown to drills/results/."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tools.drills.drills import median
+from drills.suite import median
 
 COLUMNS = (
     ("drill", "drill"),
@@ -123,7 +123,7 @@ def markdown(doc: dict[str, Any]) -> str:
     for row in rows:
         out.append("| " + " | ".join(_cell(row[key]) for key, _ in COLUMNS) + " |")
     if doc.get("load"):
-        out += ["", "## Load drill (tools/drills/load.py)", "", load_markdown(doc["load"])]
+        out += ["", "## Load drill (drills/load.py)", "", load_markdown(doc["load"])]
     out += ["", "## Every run", ""]
     for record in doc["records"]:
         out.append(f"- **{record['label']}** run {record.get('run', 1)}: " + summary(record))

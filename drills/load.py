@@ -1,10 +1,10 @@
 """The load drill: a burst of task instances created within one second, in four conditions.
 
-    python -m tools.drills.load [--runs 5] [--conditions warm,api-restart,rolling,db-crash]
+    python -m drills.load [--runs 5] [--conditions warm,api-restart,rolling,db-crash]
 
 The burst is `runs` runs of a 40-task DAG (airflow_ha_burst) plus one run of each of a few of
 Airflow's own example DAGs, created at once through one node's REST API
-(tools/drills/agents/burst.py). Every run is followed to its end; the drill reports, per
+(drills/agents/burst.py). Every run is followed to its end; the drill reports, per
 condition, the task instances that failed (and those of them that never ran: no hostname, the
 worker never reached PATCH .../run), runs not succeeded, and the burst's throughput (task
 instances ended per minute, from the first run's creation to the last task's end).
@@ -30,15 +30,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import airflow_drill, failover
-from tools.drills import common, report
-from tools.drills.common import NODES, Agent, Log, say
-from tools.drills.workload import put_dag, wait_parsed
+from drills import airflow, common, failover, report
+from drills.common import NODES, Agent, Log, say
+from drills.workload import put_dag, wait_parsed
 
 BURST_DAG_ID = "airflow_ha_burst"
 BURST_TASKS = 40
 BURST_DAG = f'''"""airflow-ha load drill: {BURST_TASKS} independent short tasks per run
-(written by tools/drills/load.py)."""
+(written by drills/load.py)."""
 
 from datetime import datetime
 
@@ -77,8 +76,8 @@ CONDITIONS = ("warm", "api-restart", "rolling", "db-crash")
 QUICK_CONDITIONS = ("api-restart", "db-crash")
 QUICK_RUNS = 3
 FULL_RUNS = 5
-AIRFLOW_UNITS = " ".join(airflow_drill.SERVICES)
-RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+AIRFLOW_UNITS = " ".join(airflow.SERVICES)
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def ensure_dags(api_node: str, log: Log = say, timeout: float = 300) -> None:
@@ -89,7 +88,7 @@ def ensure_dags(api_node: str, log: Log = say, timeout: float = 300) -> None:
         wanted[f"airflow_ha_{Path(path).name}"] = common.ssh(node, f"cat {SITE}/{path}").stdout
     for name, text in wanted.items():
         put_dag(name, text, log)
-    api = airflow_drill.Api(api_node)
+    api = airflow.Api(api_node)
     deadline = time.monotonic() + timeout
     for dag_id in [BURST_DAG_ID, *(d for _, d in EXAMPLES)]:
         wait_parsed(api, dag_id, deadline)
@@ -246,7 +245,7 @@ def condition(name: str, runs: int, password: str, db_password: str, log: Log) -
         writer = failover.Writer(next(n for n in NODES if n != leader), db_password)
 
         def crash() -> None:
-            # As benchmarks/failover.py crash_drill: killed, kept down until another node
+            # As drills/failover.py crash_drill: killed, kept down until another node
             # leads, then started again (it rejoins as a replica).
             time.sleep(3)
             log(f"  db-crash: kill -9 of Patroni and PostgreSQL on {leader}")
@@ -288,7 +287,7 @@ def condition(name: str, runs: int, password: str, db_password: str, log: Log) -
 
 def run(conditions: list[str], runs: int, log: Log = say) -> dict[str, Any]:
     with common.lock():
-        secrets_password = airflow_drill.Api(NODES[0]).password()
+        secrets_password = airflow.Api(NODES[0]).password()
         db_password = failover.db_password()
         mesh = common.mesh_addresses()
         common.wait_healthy(mesh, db_password, timeout=900, log=log)
@@ -324,7 +323,7 @@ def passed(record: dict[str, Any]) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.drills.load", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m drills.load", description=__doc__)
     parser.add_argument("--runs", type=int, default=5, help="runs of the 40-task DAG (default 5)")
     parser.add_argument("--conditions", default=",".join(CONDITIONS))
     parser.add_argument(
@@ -339,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown condition(s) {sorted(unknown)}: choose from {list(CONDITIONS)}")
     doc = run(chosen, args.runs)
-    doc["command"] = "python -m tools.drills.load " + " ".join(
+    doc["command"] = "python -m drills.load " + " ".join(
         argv if argv is not None else sys.argv[1:]
     )
     print(report.load_markdown(doc))
