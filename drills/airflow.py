@@ -27,23 +27,20 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import fcntl
 import json
-import os
 import shlex
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
 from drills import failover
+from tools.localcloud.lock import ClusterLock
 from tools.localcloud.machines import MACHINES, by_name, ssh_command
 
 REPO = Path(__file__).resolve().parent.parent
-LOCK_PATH = Path("/run/airflow-ha-cluster.lock")
 NODES = [m.name for m in MACHINES]
 DAGS_DIR = "/opt/airflow/dags"
 DAG_ID = "airflow_ha_fanout"
@@ -299,25 +296,6 @@ def patroni_leader(node: str) -> str | None:
         return None
 
 
-@contextlib.contextmanager
-def cluster_lock() -> Iterator[None]:
-    """Hold the cluster lock unless an ancestor `flock` on it already does."""
-    pid = os.getppid()
-    while pid > 1:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-        if b"flock" in cmdline and str(LOCK_PATH).encode() in cmdline:
-            yield
-            return
-        pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    with open(LOCK_PATH, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"waiting for {LOCK_PATH}", flush=True)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
-
-
 def _terminated(signum, frame) -> None:
     raise SystemExit(f"terminated by signal {signum}")
 
@@ -336,7 +314,7 @@ def drill(api_node: str, victim: str, writer: str, tasks: int, seconds: int) -> 
     digest = write_dag(writer, tasks)
     figures["sync_seconds"] = round(wait_synced(digest, [n for n in NODES if n != writer]), 1)
     wait_parsed(api, tasks)
-    with cluster_lock():
+    with ClusterLock():
         run_id = f"drill-{int(time.time())}"
         triggered = time.time()
         api.trigger(run_id, seconds)

@@ -24,7 +24,6 @@ Nothing is asserted here: tests/cluster/test_broker.py asserts on the same figur
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import queue
@@ -35,17 +34,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tools.localcloud.lock import ClusterLock
 from tools.localcloud.machines import MACHINES, by_name, ssh_command
 
 REPO = Path(__file__).resolve().parent.parent
 STATE_FILE = REPO / ".deploy-state" / "local.json"
 PASSWORD_SECRET = "rabbitmq-airflow-password/password"  # tools.deploy's key for the RandomPassword
-LOCK_PATH = Path("/run/airflow-ha-cluster.lock")
 AGENT = Path(__file__).resolve().parent / "agents" / "broker_agent.py"
 AGENT_ON_NODE = "/run/airflow-ha-drill/broker_agent.py"
 VHOST = "airflow"
 USER = "airflow"
 AMQP_PORT = 5672
+LOCK_TIMEOUT_S = 1800  # another drill or a deploy may hold the cluster lock that long
 
 # CLOCK_MONOTONIC in microseconds on a node, the clock of systemd's *TimestampMonotonic.
 MONOTONIC_US = (
@@ -84,54 +84,6 @@ def broker_password() -> str:
 def urls(nodes: list[str], password: str) -> list[str]:
     """The failover list (Celery's syntax joins these with ';')."""
     return [f"amqp://{USER}:{password}@{n}:{AMQP_PORT}/{VHOST}" for n in nodes]
-
-
-def _lock_held_by_ancestor() -> bool:
-    pid = os.getppid()
-    while pid > 1:
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            return False
-        if b"flock" in cmdline and str(LOCK_PATH).encode() in cmdline:
-            return True
-        pid = int(stat.rsplit(")", 1)[1].split()[1])
-    return False
-
-
-class ClusterLock:
-    """flock on the shared lock file, unless an ancestor (`flock LOCK cmd`) already holds it."""
-
-    def __init__(self, timeout: float = 1800) -> None:
-        self.timeout = timeout
-        self.handle = None
-
-    def __enter__(self) -> ClusterLock:
-        if _lock_held_by_ancestor():
-            return self
-        self.handle = open(LOCK_PATH, "a")
-        deadline = time.monotonic() + self.timeout
-        announced = False
-        while True:
-            try:
-                fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return self
-            except BlockingIOError:
-                if not announced:
-                    print(f"waiting for {LOCK_PATH} (a deploy or another drill holds it)",
-                          flush=True)
-                    announced = True
-                if time.monotonic() > deadline:
-                    raise TimeoutError(
-                        f"{LOCK_PATH} still held after {self.timeout:.0f}s"
-                    ) from None
-                time.sleep(1)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.handle is not None:
-            self.handle.close()
-            self.handle = None
 
 
 def running_nodes(node: str) -> list[str]:
@@ -253,7 +205,7 @@ def run_drill(messages: int = 10_000, victim: str = "node-b", runner: str | None
     }
     result: dict[str, Any] = {"messages": messages, "victim": victim, "runner": runner,
                               "queue": queue_name}
-    with ClusterLock():
+    with ClusterLock(timeout=LOCK_TIMEOUT_S):
         # Another drill may have just brought a machine back: wait for the whole cluster.
         deadline = time.monotonic() + 300
         while (before := running_nodes(runner)) != expected:

@@ -25,8 +25,9 @@ from typing import Any
 
 from drills import failover
 from drills.airflow import SERVICES, localcloud
-from drills.broker import ClusterLock, ssh
+from drills.broker import ssh
 from tools.localcloud import net, runtime
+from tools.localcloud.lock import ClusterLock
 from tools.localcloud.machines import MACHINES
 
 NODES = [m.name for m in MACHINES]

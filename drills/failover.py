@@ -42,7 +42,8 @@ from typing import Any
 
 import yaml
 
-from drills.broker import ClusterLock, ssh
+from drills.broker import LOCK_TIMEOUT_S, ssh
+from tools.localcloud.lock import ClusterLock
 from tools.localcloud.machines import MACHINES
 
 REPO = Path(__file__).resolve().parent.parent
@@ -324,7 +325,7 @@ def run_set(
     label: str, timings: dict[str, int], runs: int, password: str, restore: dict[str, Any]
 ) -> dict[str, Any]:
     """N crash drills and a switchover with `timings`; `restore` is back before the lock goes."""
-    with ClusterLock():
+    with ClusterLock(timeout=LOCK_TIMEOUT_S):
         wait_healthy()
         try:
             set_timings(timings)

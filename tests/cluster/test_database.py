@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from drills import failover
-from drills.broker import ClusterLock
 from tests.cluster.conftest import NODES
+from tools.localcloud.lock import ClusterLock
 from tools.localcloud.machines import by_name, ssh_command
 
 pytestmark = pytest.mark.cluster
@@ -148,7 +148,7 @@ def start_clients(node: str, password: str) -> subprocess.Popen[str]:
 
 
 def test_killing_the_primary_fails_over_without_losing_a_row(cluster, password) -> None:
-    with ClusterLock():
+    with ClusterLock(timeout=1800):
         primary = failover.leader_of(failover.wait_healthy())
         clients = {n: start_clients(n, password) for n in NODES if n != primary}
         drill = failover.crash_drill(password)
