@@ -34,14 +34,11 @@ import subprocess
 import sys
 import time
 from datetime import datetime
-from pathlib import Path
 
 from drills import failover
+from drills.nodes import NODES, localcloud, ssh
 from tools.localcloud.lock import ClusterLock
-from tools.localcloud.machines import MACHINES, by_name, ssh_command
 
-REPO = Path(__file__).resolve().parent.parent
-NODES = [m.name for m in MACHINES]
 DAGS_DIR = "/opt/airflow/dags"
 DAG_ID = "airflow_ha_fanout"
 SERVICES = (
@@ -75,24 +72,6 @@ with DAG(
     for i in range({tasks}):
         start >> BashOperator(task_id=f"t{{i:02d}}", bash_command="sleep {{{{ params.seconds }}}}")
 '''
-
-
-def ssh(
-    node: str, command: str, timeout: float = 120, check: bool = True, stdin: str | None = None
-):
-    result = subprocess.run(
-        ssh_command(by_name(node), command),
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if check and result.returncode != 0:
-        raise RuntimeError(
-            f"on {node}: {command!r} exited {result.returncode}: "
-            f"{result.stderr.strip() or result.stdout.strip()}"
-        )
-    return result
 
 
 def parse_time(value: str | None) -> float | None:
@@ -298,12 +277,6 @@ def patroni_leader(node: str) -> str | None:
 
 def _terminated(signum, frame) -> None:
     raise SystemExit(f"terminated by signal {signum}")
-
-
-def localcloud(*args: str) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "tools.localcloud", *args], cwd=REPO, check=True, timeout=600
-    )
 
 
 def drill(api_node: str, victim: str, writer: str, tasks: int, seconds: int) -> dict:

@@ -25,27 +25,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import queue
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
+from drills.nodes import AGENTS, DRILL_DIR, DRILL_LOCK_TIMEOUT_S, NODES, deploy_secret, ssh
 from tools.localcloud.lock import ClusterLock
-from tools.localcloud.machines import MACHINES, by_name, ssh_command
+from tools.localcloud.machines import by_name, ssh_command
 
-REPO = Path(__file__).resolve().parent.parent
-STATE_FILE = REPO / ".deploy-state" / "local.json"
 PASSWORD_SECRET = "rabbitmq-airflow-password/password"  # tools.deploy's key for the RandomPassword
-AGENT = Path(__file__).resolve().parent / "agents" / "broker_agent.py"
-AGENT_ON_NODE = "/run/airflow-ha-drill/broker_agent.py"
+AGENT = AGENTS / "broker_agent.py"
+AGENT_ON_NODE = f"{DRILL_DIR}/broker_agent.py"
 VHOST = "airflow"
 USER = "airflow"
 AMQP_PORT = 5672
-LOCK_TIMEOUT_S = 1800  # another drill or a deploy may hold the cluster lock that long
 
 # CLOCK_MONOTONIC in microseconds on a node, the clock of systemd's *TimestampMonotonic.
 MONOTONIC_US = (
@@ -57,28 +53,8 @@ RUNNING_NODES = (
 )
 
 
-def ssh(node: str, command: str, timeout: float = 120, stdin: str | None = None,
-        check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        ssh_command(by_name(node), command), input=stdin, capture_output=True, text=True,
-        timeout=timeout,
-    )
-    if check and result.returncode != 0:
-        raise RuntimeError(f"on {node}: {command!r} exited {result.returncode}: "
-                           f"{result.stderr.strip() or result.stdout.strip()}")
-    return result
-
-
 def broker_password() -> str:
-    if os.environ.get("AIRFLOW_HA_BROKER_PASSWORD"):
-        return os.environ["AIRFLOW_HA_BROKER_PASSWORD"]
-    try:
-        return json.loads(STATE_FILE.read_text())["secrets"][PASSWORD_SECRET]
-    except (OSError, KeyError, ValueError) as exc:
-        raise SystemExit(
-            f"no broker password: deploy the local stack first (python3 -m tools.deploy --stack "
-            f"local) or set AIRFLOW_HA_BROKER_PASSWORD ({type(exc).__name__}: {exc})"
-        ) from None
+    return deploy_secret(PASSWORD_SECRET, "AIRFLOW_HA_BROKER_PASSWORD", "broker password")
 
 
 def urls(nodes: list[str], password: str) -> list[str]:
@@ -95,7 +71,7 @@ def prepare_runner(runner: str) -> None:
     ssh(runner, "dpkg-query -W -f='${Status}' python3-pika 2>/dev/null | grep -q 'ok installed' "
                 "|| apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends "
                 "python3-pika >/dev/null", timeout=600)
-    ssh(runner, f"install -d -m 0700 {os.path.dirname(AGENT_ON_NODE)} && "
+    ssh(runner, f"install -d -m 0700 {DRILL_DIR} && "
                 f"cat > {AGENT_ON_NODE}", stdin=AGENT.read_text())
 
 
@@ -137,7 +113,7 @@ def wait_rejoin(victim: str, killed: dict, killed_at: float,
     The unit is Type=notify: RabbitMQ reports ready only once it has synced with the cluster,
     so "active again with a new main PID" is the moment it rejoined; its cluster view confirms.
     """
-    expected = sorted(f"rabbit@{m.name}" for m in MACHINES)
+    expected = sorted(f"rabbit@{n}" for n in NODES)
     started_by_hand = False
     probe = ("echo \"state=$(systemctl is-active rabbitmq-server)\"; "
              "echo \"pid=$(systemctl show -p MainPID --value rabbitmq-server)\"; "
@@ -186,7 +162,7 @@ def queue_leader(node: str, name: str) -> str:
 def run_drill(messages: int = 10_000, victim: str = "node-b", runner: str | None = None,
               kill_at: float = 0.3, password: str | None = None,
               log=print) -> dict[str, Any]:
-    names = [m.name for m in MACHINES]
+    names = NODES
     if victim not in names:
         raise SystemExit(f"unknown victim {victim!r}: one of {', '.join(names)}")
     survivors = [n for n in names if n != victim]
@@ -205,7 +181,7 @@ def run_drill(messages: int = 10_000, victim: str = "node-b", runner: str | None
     }
     result: dict[str, Any] = {"messages": messages, "victim": victim, "runner": runner,
                               "queue": queue_name}
-    with ClusterLock(timeout=LOCK_TIMEOUT_S):
+    with ClusterLock(timeout=DRILL_LOCK_TIMEOUT_S):
         # Another drill may have just brought a machine back: wait for the whole cluster.
         deadline = time.monotonic() + 300
         while (before := running_nodes(runner)) != expected:

@@ -10,11 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from drills import common, failover, load, report
+from drills.nodes import RESULTS, say, ssh
 from drills.suite import Suite, catalogue, run
 from drills.workload import PUBLISH_INTERVAL_S, Secrets
-
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "drills" / "results"
 
 
 def settings(dag_interval: float) -> dict[str, Any]:
@@ -23,7 +21,7 @@ def settings(dag_interval: float) -> dict[str, Any]:
         config = failover.dynamic_config()
     except Exception:  # node-a down right now: the settings line goes without it
         config = {}
-    check = common.ssh(
+    check = ssh(
         common.first_reachable(), "grep -m1 'default-server' /etc/haproxy/haproxy.cfg"
     )
     return {
@@ -56,7 +54,7 @@ def run_suite(
             raise SystemExit(f"unknown drill(s) {sorted(unknown)}: choose from {sorted(known)}")
         selected = [d for d in catalogue(False) if d[0] in only]
     runs = 1 if quick else runs
-    common.say(f"drills: {', '.join(name for name, _, _ in selected)}; {runs} run(s) each")
+    say(f"drills: {', '.join(name for name, _, _ in selected)}; {runs} run(s) each")
     secrets = Secrets.load()
     suite = Suite(secrets=secrets, mesh=common.mesh_addresses(), dag_interval=dag_interval)
     doc: dict[str, Any] = {
@@ -88,7 +86,7 @@ def run_suite(
         stamp = time.strftime("%Y-%m-%dT%H%M%SZ", time.gmtime(began))
         stem = f"{stamp}-drills" + ("-quick" if quick else "") + f"-{os.uname().nodename}"
         paths = report.write(doc, out_dir, stem)
-        common.say(f"wrote {paths[0]} and {paths[1]}")
+        say(f"wrote {paths[0]} and {paths[1]}")
     return doc
 
 

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from drills import footprint, report
+from drills.nodes import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
 BLOCK = re.compile(
     r"(<!-- table: (?P<kind>[a-z]+) (?P<path>\S+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S

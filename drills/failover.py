@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import shlex
 import statistics
 import sys
@@ -42,33 +41,28 @@ from typing import Any
 
 import yaml
 
-from drills.broker import LOCK_TIMEOUT_S, ssh
+from drills.nodes import (
+    AGENTS,
+    DRILL_DIR,
+    DRILL_LOCK_TIMEOUT_S,
+    NODES,
+    REPO,
+    deploy_secret,
+    ssh,
+)
 from tools.localcloud.lock import ClusterLock
-from tools.localcloud.machines import MACHINES
 
-REPO = Path(__file__).resolve().parent.parent
-STATE_FILE = REPO / ".deploy-state" / "local.json"
 PASSWORD_SECRET = "airflow-db-password/password"  # tools.deploy's key for the RandomPassword
-WRITER = Path(__file__).resolve().parent / "agents" / "failover_writer.py"
-DRILL_DIR = "/run/airflow-ha-drill"
+WRITER = AGENTS / "failover_writer.py"
 WRITER_ON_NODE = f"{DRILL_DIR}/failover_writer.py"
 PATRONICTL = "patronictl -c /etc/patroni/config.yml"
-NODES = [m.name for m in MACHINES]
 SCHEMA = "airflow_ha_drill"
 PATRONI_DEFAULTS = {"ttl": 30, "loop_wait": 10, "retry_timeout": 10}
 TIMING_KEYS = tuple(PATRONI_DEFAULTS)
 
 
 def db_password() -> str:
-    if os.environ.get("AIRFLOW_HA_DB_PASSWORD"):
-        return os.environ["AIRFLOW_HA_DB_PASSWORD"]
-    try:
-        return json.loads(STATE_FILE.read_text())["secrets"][PASSWORD_SECRET]
-    except (OSError, KeyError, ValueError) as exc:
-        raise SystemExit(
-            "no airflow database password: deploy the local stack first (python3 -m tools.deploy"
-            f" --stack local) or set AIRFLOW_HA_DB_PASSWORD ({type(exc).__name__}: {exc})"
-        ) from None
+    return deploy_secret(PASSWORD_SECRET, "AIRFLOW_HA_DB_PASSWORD", "airflow database password")
 
 
 def stack_timings(stack: str = "local") -> dict[str, int]:
@@ -325,7 +319,7 @@ def run_set(
     label: str, timings: dict[str, int], runs: int, password: str, restore: dict[str, Any]
 ) -> dict[str, Any]:
     """N crash drills and a switchover with `timings`; `restore` is back before the lock goes."""
-    with ClusterLock(timeout=LOCK_TIMEOUT_S):
+    with ClusterLock(timeout=DRILL_LOCK_TIMEOUT_S):
         wait_healthy()
         try:
             set_timings(timings)

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from drills import common, failover
-from drills.common import NODES, Agent, say
+from drills.common import Agent
+from drills.nodes import NODES, RESULTS, say, ssh
 
-RESULTS = Path(__file__).resolve().parent / "results"
 TIERS = {
     "airflow": ("airflow-",),
     "database": ("patroni", "etcd", "haproxy"),
@@ -46,7 +46,7 @@ def sample(seconds: float) -> dict[str, Any]:
     for node, agent in agents.items():
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            text = common.ssh(node, f"cat {agent.log} 2>/dev/null || true").stdout
+            text = ssh(node, f"cat {agent.log} 2>/dev/null || true").stdout
             if text.strip():
                 result[node] = json.loads(text)
                 break

@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from drills import airflow, common, failover, report
-from drills.common import NODES, Agent, Log, say
+from drills.common import Agent
+from drills.nodes import NODES, RESULTS, Log, say, ssh
 from drills.workload import put_dag, wait_parsed
 
 BURST_DAG_ID = "airflow_ha_burst"
@@ -77,7 +78,6 @@ QUICK_CONDITIONS = ("api-restart", "db-crash")
 QUICK_RUNS = 3
 FULL_RUNS = 5
 AIRFLOW_UNITS = " ".join(airflow.SERVICES)
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def ensure_dags(api_node: str, log: Log = say, timeout: float = 300) -> None:
@@ -85,7 +85,7 @@ def ensure_dags(api_node: str, log: Log = say, timeout: float = 300) -> None:
     wanted = {f"{BURST_DAG_ID}.py": BURST_DAG}
     node = NODES[0]
     for path, _ in EXAMPLES:
-        wanted[f"airflow_ha_{Path(path).name}"] = common.ssh(node, f"cat {SITE}/{path}").stdout
+        wanted[f"airflow_ha_{Path(path).name}"] = ssh(node, f"cat {SITE}/{path}").stdout
     for name, text in wanted.items():
         put_dag(name, text, log)
     api = airflow.Api(api_node)
@@ -110,7 +110,7 @@ def burst(
     agent = Agent(api_node, "burst.py", stdin=settings)
     deadline = time.monotonic() + timeout + 120
     while time.monotonic() < deadline:
-        out = common.ssh(api_node, f"cat {agent.log} 2>/dev/null || true").stdout
+        out = ssh(api_node, f"cat {agent.log} 2>/dev/null || true").stdout
         if out.strip():
             agent.stop()
             return json.loads(out)
@@ -201,7 +201,7 @@ def after_failover(
 
 def _wait_api_answers(node: str, mesh: str) -> None:
     """Until the node's api-server answers on its mesh address (at most 300 s)."""
-    common.ssh(
+    ssh(
         node,
         f"for i in $(seq 300); do curl -sf -o /dev/null http://{mesh}:8080/api/v2/version"
         " && exit 0; sleep 1; done; exit 1",
@@ -215,7 +215,7 @@ def _rolling_restart(log: Log) -> None:
     mesh = common.mesh_addresses()
     for node in NODES:
         log(f"  rolling: restarting Airflow on {node}")
-        common.ssh(
+        ssh(
             node,
             f"systemctl stop airflow-worker; systemctl stop {AIRFLOW_UNITS}; "
             f"systemctl start {AIRFLOW_UNITS}",
@@ -231,7 +231,7 @@ def condition(name: str, runs: int, password: str, db_password: str, log: Log) -
     record: dict[str, Any] = {"condition": name}
     background: threading.Thread | None = None
     if name == "api-restart":
-        common.parallel(lambda n: common.ssh(n, "systemctl restart airflow-api-server"), NODES)
+        common.parallel(lambda n: ssh(n, "systemctl restart airflow-api-server"), NODES)
         mesh = common.mesh_addresses()
         common.parallel(lambda n: _wait_api_answers(n, mesh[n]), NODES)
         log("  every api-server restarted and answering")
@@ -249,7 +249,7 @@ def condition(name: str, runs: int, password: str, db_password: str, log: Log) -
             # leads, then started again (it rejoins as a replica).
             time.sleep(3)
             log(f"  db-crash: kill -9 of Patroni and PostgreSQL on {leader}")
-            record["killed_at"] = float(common.ssh(
+            record["killed_at"] = float(ssh(
                 leader,
                 "systemctl kill --signal=SIGKILL patroni.service; date +%s.%N; "
                 "systemctl stop patroni.service",
@@ -263,7 +263,7 @@ def condition(name: str, runs: int, password: str, db_password: str, log: Log) -
                 except Exception:  # patronictl on a node mid-failover: ask again
                     pass
             record["promoted_s"] = round(time.time() - record["killed_at"], 1)
-            common.ssh(leader, "systemctl start patroni.service")
+            ssh(leader, "systemctl start patroni.service")
 
         background = threading.Thread(target=crash)
     if background:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 from typing import Any
-
-from drills.suite import median
 
 COLUMNS = (
     ("drill", "drill"),
@@ -21,6 +20,11 @@ COLUMNS = (
     ("rejoin_s", "rejoin s"),
     ("result", "result"),
 )
+
+
+def median(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return round(statistics.median(known), 1) if known else None
 
 
 def _sum(values: list[int | None]) -> int | str:

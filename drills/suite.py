@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import statistics
 import time
 import traceback
 from collections.abc import Callable
@@ -21,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from drills import broker, common, failover
-from drills.common import NODES, Agent, Log, say
+from drills.common import Agent
+from drills.nodes import NODES, Log, say, ssh
 from drills.workload import DbWriter, Secrets, Workloads, ensure_probe_dag
 
 BASELINE_S = 5  # the workload runs this long before the event
@@ -320,10 +320,10 @@ def scheduler_kill(scope: str) -> Callable[[Suite, dict], None]:
         wl.start()
         try:
             time.sleep(BASELINE_S + suite.dag_interval)
-            before = common.parallel(lambda n: common.ssh(n, restarts).stdout.split(), targets)
+            before = common.parallel(lambda n: ssh(n, restarts).stdout.split(), targets)
             event = time.time()
             common.parallel(
-                lambda n: common.ssh(n, f"systemctl kill --signal=SIGKILL {unit_list}"), targets
+                lambda n: ssh(n, f"systemctl kill --signal=SIGKILL {unit_list}"), targets
             )
             suite.log(f"  kill -9 of {unit_list} on {', '.join(targets)}")
             wl.wait_recovered(event)
@@ -338,7 +338,7 @@ def scheduler_kill(scope: str) -> Callable[[Suite, dict], None]:
                         if (kind, host) in expected and (kind, host) not in back:
                             back[(kind, host)] = round(float(at) - event, 1)
                 time.sleep(2)
-            after = common.parallel(lambda n: common.ssh(n, restarts).stdout.split(), targets)
+            after = common.parallel(lambda n: ssh(n, restarts).stdout.split(), targets)
             health = common.wait_healthy(suite.mesh, suite.secrets.db, since=event)
             figures = wl.finish(event)
         finally:
@@ -696,8 +696,3 @@ def catalogue(quick: bool) -> list[tuple[str, str, Callable[[Suite, dict], None]
     if quick:
         drills = [d for d in drills if d[0] not in ("db-crash-defaults", "scheduler-all")]
     return drills
-
-
-def median(values: list[float | None]) -> float | None:
-    known = [v for v in values if v is not None]
-    return round(statistics.median(known), 1) if known else None

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from drills import airflow, broker, failover
-from drills.common import NODES, Agent, Log, first_reachable, say
+from drills.common import Agent, first_reachable
+from drills.nodes import NODES, Log, say
 
 PROBE_DAG_ID = "airflow_ha_drill_probe"
 PROBE_DAG = f'''"""airflow-ha drills: one short task per run, triggered every few seconds by

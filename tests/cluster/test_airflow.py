@@ -10,6 +10,7 @@ import time
 import pytest
 
 from drills import airflow as drill
+from drills import nodes
 from tests.cluster.conftest import NODES
 
 pytestmark = pytest.mark.cluster
@@ -66,7 +67,7 @@ def test_three_schedulers_alive(cluster) -> None:
 
 def test_airflow_reads_every_key_of_its_config(cluster) -> None:
     for node in NODES:
-        result = drill.ssh(
+        result = nodes.ssh(
             node,
             "cd /opt/airflow && runuser -u airflow -- "
             "bash -c 'set -a; . /etc/airflow/airflow.env; exec python -'",
@@ -90,7 +91,7 @@ def test_celery_uses_a_quorum_queue_with_confirms(cluster) -> None:
         "print(c.broker_transport_options['confirm_publish'], c.worker_prefetch_multiplier,"
         " c.task_acks_late, c.broker_failover_strategy, len(c.broker_url.split(';')))\n"
     )
-    out = drill.ssh(
+    out = nodes.ssh(
         NODES[0],
         "cd /opt/airflow && runuser -u airflow -- "
         "bash -c 'set -a; . /etc/airflow/airflow.env; exec python -'",

@@ -10,7 +10,7 @@ import socket
 
 import pytest
 
-from drills import broker
+from drills import broker, nodes
 from tests.cluster.conftest import NODES
 from tools.localcloud.machines import by_name
 
@@ -98,7 +98,7 @@ def test_airflow_vhost_user_and_no_guest(cluster) -> None:
     # The password the deploy generated (the one in the broker URL) opens every node.
     password = broker.broker_password()
     for node in NODES:
-        broker.ssh(node, "rabbitmqctl authenticate_user airflow >/dev/null",
+        nodes.ssh(node, "rabbitmqctl authenticate_user airflow >/dev/null",
                          stdin=password + "\n")
 
 
@@ -114,7 +114,7 @@ def test_a_queue_declared_without_arguments_is_a_quorum_queue_on_all_nodes(clust
         f"c.channel().queue_declare('{name}', durable=True)\n"
         "c.close()\n"
     )
-    declared = broker.ssh(
+    declared = nodes.ssh(
         "node-a", f"python3 -c {shlex.quote(script)}", stdin=broker.broker_password() + "\n"
     )
     assert declared.returncode == 0
@@ -130,7 +130,7 @@ def test_a_queue_declared_without_arguments_is_a_quorum_queue_on_all_nodes(clust
 
 def test_management_api_answers_on_the_mesh_for_airflow(cluster) -> None:
     password = broker.broker_password()
-    result = broker.ssh(
+    result = nodes.ssh(
         "node-b",
         "curl -sS -o /dev/null -w '%{http_code}' -K - http://10.42.0.1:15672/api/overview",
         stdin=f'user = "airflow:{password}"\n',

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from drills import failover
+from drills import failover, nodes
 from tests.cluster.conftest import NODES
 from tools.localcloud.lock import ClusterLock
 from tools.localcloud.machines import by_name, ssh_command
@@ -124,15 +124,15 @@ def test_a_row_written_through_haproxy_lands_on_the_primary_and_the_replicas(
 
 
 CLIENTS = Path(__file__).resolve().parent / "agents" / "db_clients.py"
-CLIENTS_ON_NODE = f"{failover.DRILL_DIR}/db_clients.py"
-CLIENTS_STOP = f"{failover.DRILL_DIR}/db-clients.stop"
+CLIENTS_ON_NODE = f"{nodes.DRILL_DIR}/db_clients.py"
+CLIENTS_STOP = f"{nodes.DRILL_DIR}/db-clients.stop"
 
 
 def start_clients(node: str, password: str) -> subprocess.Popen[str]:
     """db_clients.py on a node: clients without timeouts through its HAProxy, until stopped."""
-    failover.ssh(
+    nodes.ssh(
         node,
-        f"mkdir -p {failover.DRILL_DIR} && rm -f {CLIENTS_STOP} && cat > {CLIENTS_ON_NODE}",
+        f"mkdir -p {nodes.DRILL_DIR} && rm -f {CLIENTS_STOP} && cat > {CLIENTS_ON_NODE}",
         stdin=CLIENTS.read_text(),
     )
     proc = subprocess.Popen(
@@ -156,7 +156,7 @@ def test_killing_the_primary_fails_over_without_losing_a_row(cluster, password) 
         listing = failover.wait_healthy()
         time.sleep(CLIENT_RECOVERY_S)
         for node in clients:
-            failover.ssh(node, f"touch {CLIENTS_STOP}")
+            nodes.ssh(node, f"touch {CLIENTS_STOP}")
         idle = {n: json.loads(p.stdout.read())["idle_s"] for n, p in clients.items()}
     print(f"client threads, seconds since their last round: {idle}")
     # No client is left hanging by the failover: with HAProxy's connect retries every one of
