@@ -50,28 +50,40 @@ SERVICES = (
     "airflow-flower",
 )
 
-DAG_SOURCE = '''"""airflow-ha fan-out: `start`, then {tasks} parallel tasks (the cluster tests)."""
-
-from datetime import datetime, timedelta
+# What the bash-task DAGs import, and how their tasks retry.
+BASH_DAG_IMPORTS = """from datetime import datetime, timedelta
 
 from airflow.providers.standard.operators.bash import BashOperator
-from airflow.sdk import DAG
+from airflow.sdk import DAG"""
+RETRIES = '{"retries": 3, "retry_delay": timedelta(seconds=5)}'
+SLEEP_SECONDS = 'bash_command="sleep {{ params.seconds }}"'  # a run's conf sets the seconds
 
-with DAG(
-    dag_id="{dag_id}",
-    schedule=None,
-    start_date=datetime(2024, 1, 1),
-    catchup=False,
-    is_paused_upon_creation=False,
-    max_active_tasks=64,
-    params={{"seconds": 2}},
-    default_args={{"retries": 3, "retry_delay": timedelta(seconds=5)}},
-    tags=["airflow-ha"],
-):
-    start = BashOperator(task_id="start", bash_command="true")
-    for i in range({tasks}):
-        start >> BashOperator(task_id=f"t{{i:02d}}", bash_command="sleep {{{{ params.seconds }}}}")
-'''
+
+def dag_file(doc: str, dag_id: str, imports: str, body: str, **dag_args: str) -> str:
+    """The source of one of the drills' DAGs: triggered by hand only (no schedule, no
+    catchup), unpaused as soon as it is parsed, tagged airflow-ha. `dag_args` are more
+    DAG(...) arguments as Python source; `body` is the tasks, indented under the `with`."""
+    more = "".join(f"    {key}={value},\n" for key, value in dag_args.items())
+    return (
+        f'"""{doc}"""\n\n{imports}\n\nwith DAG(\n    dag_id="{dag_id}",\n    schedule=None,\n'
+        "    start_date=datetime(2024, 1, 1),\n    catchup=False,\n"
+        f'    is_paused_upon_creation=False,\n{more}    tags=["airflow-ha"],\n):\n{body}'
+    )
+
+
+def fanout_dag(tasks: int) -> str:
+    """`start`, then `tasks` bash tasks in parallel, each sleeping the run's `seconds`."""
+    return dag_file(
+        f"airflow-ha fan-out: `start`, then {tasks} parallel tasks (the cluster tests).",
+        DAG_ID,
+        BASH_DAG_IMPORTS,
+        '    start = BashOperator(task_id="start", bash_command="true")\n'
+        f"    for i in range({tasks}):\n"
+        f'        start >> BashOperator(task_id=f"t{{i:02d}}", {SLEEP_SECONDS})\n',
+        max_active_tasks="64",
+        params='{"seconds": 2}',
+        default_args=RETRIES,
+    )
 
 
 def parse_time(value: str | None) -> float | None:
@@ -156,7 +168,7 @@ class Api:
 def write_dag(node: str, tasks: int) -> str:
     """Write the fan-out DAG into one node's DAG folder; return its sha256."""
     # A fresh stamp each time: the other nodes cannot already have this exact file.
-    source = DAG_SOURCE.format(dag_id=DAG_ID, tasks=tasks) + f"# written {time.time():.3f}\n"
+    source = fanout_dag(tasks) + f"# written {time.time():.3f}\n"
     path = f"{DAGS_DIR}/{DAG_ID}.py"
     ssh(
         node,

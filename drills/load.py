@@ -37,31 +37,22 @@ from drills.workload import put_dag, wait_parsed
 
 BURST_DAG_ID = "airflow_ha_burst"
 BURST_TASKS = 40
-BURST_DAG = f'''"""airflow-ha load drill: {BURST_TASKS} independent short tasks per run
-(written by drills/load.py)."""
-
-from datetime import datetime
-
-from airflow.sdk import DAG, task
-
-with DAG(
-    dag_id="{BURST_DAG_ID}",
-    schedule=None,
-    start_date=datetime(2024, 1, 1),
-    catchup=False,
-    is_paused_upon_creation=False,
-    max_active_runs=64,
-    max_active_tasks=64,
-    tags=["airflow-ha"],
-):
-    for index in range({BURST_TASKS}):
+BURST_DAG = airflow.dag_file(
+    f"airflow-ha load drill: {BURST_TASKS} independent short tasks per run\n"
+    "(written by drills/load.py).",
+    BURST_DAG_ID,
+    "from datetime import datetime\n\nfrom airflow.sdk import DAG, task",
+    f"""    for index in range({BURST_TASKS}):
 
         @task(task_id=f"work_{{index:02d}}")
         def work(index: int = index) -> int:
             return index * index
 
         work()
-'''
+""",
+    max_active_runs="64",
+    max_active_tasks="64",
+)
 # Airflow's own example DAGs (from the venv) that end in success without anything outside the
 # cluster: (file under site-packages/airflow, dag_id).
 EXAMPLES = (

@@ -33,28 +33,17 @@ from drills.common import Agent, first_reachable
 from drills.nodes import NODES, Log, say
 
 PROBE_DAG_ID = "airflow_ha_drill_probe"
-PROBE_DAG = f'''"""airflow-ha drills: one short task per run, triggered every few seconds by
-`python -m drills` while it disturbs the cluster (written by drills/workload.py)."""
-
-from datetime import datetime, timedelta
-
-from airflow.providers.standard.operators.bash import BashOperator
-from airflow.sdk import DAG
-
-with DAG(
-    dag_id="{PROBE_DAG_ID}",
-    schedule=None,
-    start_date=datetime(2024, 1, 1),
-    catchup=False,
-    is_paused_upon_creation=False,
-    max_active_runs=64,
-    max_active_tasks=64,
-    params={{"seconds": 3}},
-    default_args={{"retries": 3, "retry_delay": timedelta(seconds=5)}},
-    tags=["airflow-ha"],
-):
-    BashOperator(task_id="probe", bash_command="sleep {{{{ params.seconds }}}}")
-'''
+PROBE_DAG = airflow.dag_file(
+    "airflow-ha drills: one short task per run, triggered every few seconds by\n"
+    "`python -m drills` while it disturbs the cluster (written by drills/workload.py).",
+    PROBE_DAG_ID,
+    airflow.BASH_DAG_IMPORTS,
+    f'    BashOperator(task_id="probe", {airflow.SLEEP_SECONDS})\n',
+    max_active_runs="64",
+    max_active_tasks="64",
+    params='{"seconds": 3}',
+    default_args=airflow.RETRIES,
+)
 PUBLISH_INTERVAL_S = 0.1
 TERMINAL = ("success", "failed")
 
