@@ -35,20 +35,13 @@ import sys
 import time
 from datetime import datetime
 
-from drills import failover
+from drills import failover, runbook
 from drills.nodes import NODES, localcloud, ssh
 from tools.localcloud.lock import ClusterLock
 
 DAGS_DIR = "/opt/airflow/dags"
 DAG_ID = "airflow_ha_fanout"
-SERVICES = (
-    "airflow-api-server",
-    "airflow-scheduler",
-    "airflow-dag-processor",
-    "airflow-triggerer",
-    "airflow-worker",
-    "airflow-flower",
-)
+SERVICES = runbook.AIRFLOW_UNITS
 
 # What the bash-task DAGs import, and how their tasks retry.
 BASH_DAG_IMPORTS = """from datetime import datetime, timedelta
@@ -227,8 +220,7 @@ def hostnames(api: Api, run_id: str) -> collections.Counter:
 
 
 def node_rejoined(node: str) -> bool:
-    units = " ".join(SERVICES)
-    active = ssh(node, f"systemctl is-active {units}", check=False, timeout=30)
+    active = ssh(node, runbook.command("airflow-units-active"), check=False, timeout=30)
     if active.returncode != 0:
         return False
     try:
@@ -261,7 +253,7 @@ def own_jobs_fresh(node: str) -> bool:
 def schedulers_alive(node: str) -> int:
     out = ssh(
         node,
-        "airflow jobs check --job-type SchedulerJob --allow-multiple --limit 10 2>&1 | tail -n 1",
+        runbook.command("schedulers-alive") + " 2>&1 | tail -n 1",
         check=False,
         timeout=120,
     ).stdout
@@ -271,7 +263,7 @@ def schedulers_alive(node: str) -> int:
 
 def roles(node: str, victim: str) -> list[str]:
     """What else the victim held: the Patroni leader, the sync standby."""
-    out = ssh(node, "patronictl -c /etc/patroni/config.yml list -f json", check=False).stdout
+    out = ssh(node, failover.PATRONI_LIST_JSON, check=False).stdout
     try:
         members = json.loads(out)
     except ValueError:
@@ -280,7 +272,7 @@ def roles(node: str, victim: str) -> list[str]:
 
 
 def patroni_leader(node: str) -> str | None:
-    out = ssh(node, "patronictl -c /etc/patroni/config.yml list -f json", check=False).stdout
+    out = ssh(node, failover.PATRONI_LIST_JSON, check=False).stdout
     try:
         return next(m["Member"] for m in json.loads(out) if m["Role"] == "Leader")
     except (ValueError, StopIteration):

@@ -212,7 +212,7 @@ def node_probe(node: str, mesh: str) -> dict[str, str] | None:
 def members_from(nodes: list[str]) -> list[dict[str, Any]] | None:
     """`patronictl list` asked of the first of `nodes` that answers."""
     for node in nodes:
-        result = quiet_ssh(node, f"{failover.PATRONICTL} list -f json", timeout=20)
+        result = quiet_ssh(node, failover.PATRONI_LIST_JSON, timeout=20)
         if result is not None and result.returncode == 0 and result.stdout.strip():
             return json.loads(result.stdout)
     return None

@@ -41,6 +41,7 @@ from typing import Any
 
 import yaml
 
+from drills import runbook
 from drills.nodes import (
     AGENTS,
     DRILL_DIR,
@@ -50,12 +51,13 @@ from drills.nodes import (
     deploy_secret,
     ssh,
 )
+from drills.runbook import PATRONICTL
 from tools.localcloud.lock import ClusterLock
 
 PASSWORD_SECRET = "airflow-db-password/password"  # tools.deploy's key for the RandomPassword
 WRITER = AGENTS / "failover_writer.py"
 WRITER_ON_NODE = f"{DRILL_DIR}/failover_writer.py"
-PATRONICTL = "patronictl -c /etc/patroni/config.yml"
+PATRONI_LIST_JSON = runbook.command("patroni-list") + " -f json"  # the runbook's, machine-readable
 SCHEMA = "airflow_ha_drill"
 PATRONI_DEFAULTS = {"ttl": 30, "loop_wait": 10, "retry_timeout": 10}
 TIMING_KEYS = tuple(PATRONI_DEFAULTS)
@@ -93,7 +95,7 @@ def psql(node: str, sql: str, password: str, port: int = 5000, timeout: float = 
 def members() -> list[dict[str, Any]]:
     """`patronictl list` as JSON, asked of the first node that answers."""
     for node in NODES:
-        result = ssh(node, f"{PATRONICTL} list -f json", check=False, timeout=30)
+        result = ssh(node, PATRONI_LIST_JSON, check=False, timeout=30)
         if result.returncode == 0 and result.stdout.strip():
             return json.loads(result.stdout)
     raise RuntimeError("no node answered patronictl list")
@@ -126,7 +128,7 @@ def wait_healthy(timeout: float = 300) -> list[dict[str, Any]]:
 
 
 def dynamic_config() -> dict[str, Any]:
-    return yaml.safe_load(ssh(NODES[0], f"{PATRONICTL} show-config").stdout)
+    return yaml.safe_load(ssh(NODES[0], runbook.command("patroni-show-config")).stdout)
 
 
 def set_timings(timings: dict[str, int]) -> None:

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from drills import airflow as drill
-from drills import nodes
+from drills import nodes, runbook
 from tests.cluster.conftest import NODES
 
 pytestmark = pytest.mark.cluster
@@ -50,7 +50,8 @@ sys.exit(1 if unknown else 0)
 def test_six_units_active_and_enabled_on_every_node(cluster) -> None:
     units = " ".join(drill.SERVICES)
     for node in NODES:
-        assert cluster(node, f"systemctl is-active {units}").stdout.split() == ["active"] * 6
+        active = cluster(node, runbook.command("airflow-units-active")).stdout.split()
+        assert active == ["active"] * 6
         assert cluster(node, f"systemctl is-enabled {units}").stdout.split() == ["enabled"] * 6
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from drills import failover, nodes
+from drills import failover, nodes, runbook
 from tests.cluster.conftest import NODES
 from tools.localcloud.lock import ClusterLock
 from tools.localcloud.machines import by_name, ssh_command
@@ -23,7 +23,6 @@ from tools.localcloud.machines import by_name, ssh_command
 pytestmark = pytest.mark.cluster
 MESH = {"node-a": "10.42.0.1", "node-b": "10.42.0.2", "node-c": "10.42.0.3"}
 ETCDCTL = "ETCDCTL_API=3 etcdctl --endpoints=http://127.0.0.1:2379"
-PATRONICTL = "patronictl -c /etc/patroni/config.yml"
 # After the failover and the old primary's rejoin, every client must have made progress again
 # within this long.
 CLIENT_RECOVERY_S = 20
@@ -39,7 +38,7 @@ def password(cluster) -> Iterator[str]:
 
 @pytest.mark.parametrize("node", NODES)
 def test_etcd_is_one_healthy_three_member_cluster(cluster, node) -> None:
-    cluster(node, f"{ETCDCTL} endpoint health --cluster")
+    cluster(node, "ETCDCTL_API=3 " + runbook.command("etcd-health"))
     members = json.loads(cluster(node, f"{ETCDCTL} member list -w json").stdout)
     assert sorted(m["name"] for m in members["members"]) == NODES
     status = json.loads(cluster(node, f"{ETCDCTL} endpoint status --cluster -w json").stdout)
@@ -49,13 +48,13 @@ def test_etcd_is_one_healthy_three_member_cluster(cluster, node) -> None:
 
 
 def test_patroni_has_one_leader_and_two_streaming_replicas(cluster) -> None:
-    listing = json.loads(cluster("node-a", f"{PATRONICTL} list -f json").stdout)
+    listing = json.loads(cluster("node-a", failover.PATRONI_LIST_JSON).stdout)
     roles = sorted(m["Role"] for m in listing)
     assert roles == ["Leader", "Replica", "Sync Standby"], listing
     for member in listing:
         expected = "running" if member["Role"] == "Leader" else "streaming"
         assert member["State"] == expected, listing
-    config = cluster("node-a", f"{PATRONICTL} show-config").stdout
+    config = cluster("node-a", runbook.command("patroni-show-config")).stdout
     assert "synchronous_mode: true" in config and "use_pg_rewind: true" in config
 
 
