@@ -289,12 +289,17 @@ def switchover_drill(password: str, baseline_s: float = 3.0) -> dict[str, Any]:
     """A planned `patronictl switchover`: the longest gap between acknowledged commits."""
     listing = wait_healthy()
     old = leader_of(listing)
+    # wait_healthy: one leader and a synchronous standby, the only member synchronous mode
+    # lets Patroni promote; the runbook (section 5) names it, and so does the drill.
+    sync = next(m["Member"] for m in listing if m["Role"] == "Sync Standby")
+    assert old is not None
     writer_node = next(n for n in NODES if n != old)
     writer = Writer(writer_node, password)
+    switch = runbook.command("patroni-switchover", current_leader=old, sync_standby=sync)
     try:
         time.sleep(baseline_s)
         begun = time.time()
-        ssh(writer_node, f"{PATRONICTL} switchover --leader {old} --force", timeout=120)
+        ssh(writer_node, switch, timeout=120)
         command_s = time.time() - begun
         deadline = time.monotonic() + 60
         while (

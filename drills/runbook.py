@@ -33,6 +33,10 @@ COMMANDS: dict[str, str] = {
     "patroni-show-config": f"{PATRONICTL} show-config",
     "airflow-units-active": "systemctl is-active " + " ".join(AIRFLOW_UNITS),
     "schedulers-alive": "airflow jobs check --job-type SchedulerJob --allow-multiple --limit 100",
+    # 5. Planned switchover of the PostgreSQL primary
+    "patroni-switchover": (
+        f"{PATRONICTL} switchover --leader <current leader> --candidate <sync standby> --force"
+    ),
 }
 
 PLACEHOLDER = re.compile(r"<([a-z][a-z ]*)>")

@@ -88,3 +88,12 @@ def test_a_marked_block_is_read_as_the_commands_it_holds() -> None:
     assert runnable_blocks(text) == [["systemctl is-active a b", "wg show wg0"]]
     with pytest.raises(AssertionError, match="not followed by"):
         runnable_blocks("<!-- runnable -->\n\n    indented\n")
+
+
+def test_placeholders_are_filled_by_name() -> None:
+    filled = runbook.command("patroni-switchover", current_leader="node-a", sync_standby="node-b")
+    assert filled.endswith("switchover --leader node-a --candidate node-b --force")
+    with pytest.raises(ValueError, match="<sync standby>"):
+        runbook.command("patroni-switchover", current_leader="node-a")
+    with pytest.raises(KeyError):
+        runbook.command("patroni-list", member="node-a")
