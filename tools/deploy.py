@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import base64
 import difflib
-import fcntl
 import fnmatch
 import hashlib
 import json
@@ -37,9 +36,9 @@ from typing import Any
 
 from components.config import NAMESPACE, ConfigError
 from tools.engine import REPO, Engine, load_stack_file, parse_step, run_program, stack_path
+from tools.localcloud.lock import ClusterLock
 
 STATE_DIR = REPO / ".deploy-state"
-LOCK_PATH = Path("/run/airflow-ha-cluster.lock")
 CLOUD_TYPES = ("hcloud:", "aws:")
 STEP_TIMEOUT_S = 45 * 60
 PASSWORD_ALPHABET = string.ascii_letters + string.digits
@@ -465,20 +464,6 @@ def local_stack_values(values: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
-def _hold_cluster_lock():
-    """Serialise deploys and drills; a parent `flock` on the same file already holds it."""
-    parent = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().replace(b"\0", b" ")
-    if b"flock" in parent and str(LOCK_PATH).encode() in parent:
-        return None
-    handle = open(LOCK_PATH, "a")  # noqa: SIM115 -- held for the whole deploy
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        print(f"waiting for {LOCK_PATH} (another deploy or drill holds it)", flush=True)
-        fcntl.flock(handle, fcntl.LOCK_EX)
-    return handle
-
-
 def select(
     values: dict[str, Any], stack: str, state: DeployState, targets: list[str], dependents: bool
 ) -> set[Key] | None:
@@ -560,22 +545,20 @@ def main(argv: list[str] | None = None) -> int:
     engine = DeployEngine(
         state, args.force, selected, STATE_DIR / args.stack / "logs", args.verbose
     )
-    lock = _hold_cluster_lock()
-    started = time.monotonic()
-    print(
-        f"deploying stack {args.stack}" + (" (every step forced)" if args.force else ""), flush=True
-    )
-    try:
-        outputs = run(engine, values, args.stack)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:
-        print(f"deploy failed: {engine.failed or exc}", file=sys.stderr)
-        return 1
-    finally:
-        if lock is not None:
-            lock.close()
+    with ClusterLock():  # deploys and drills take turns on the machines
+        started = time.monotonic()
+        print(
+            f"deploying stack {args.stack}" + (" (every step forced)" if args.force else ""),
+            flush=True,
+        )
+        try:
+            outputs = run(engine, values, args.stack)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except Exception as exc:
+            print(f"deploy failed: {engine.failed or exc}", file=sys.stderr)
+            return 1
     seconds = time.monotonic() - started
     print(f"deployed stack {args.stack} in {seconds:.1f}s: {summary(engine)}", flush=True)
     shown = {k: "[secret]" if k in engine.secret_outputs else v for k, v in outputs.items()}

@@ -1,6 +1,6 @@
 """Airflow on the three local machines: six units per node, healthy everywhere, three schedulers,
 DAGs synced by csync2, a fan-out DAG run spread over all three workers, and a whole machine lost
-mid-run without losing the run (benchmarks/airflow_drill.py prints the figures)."""
+mid-run without losing the run (drills/airflow.py prints the figures)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from benchmarks import airflow_drill as drill
+from drills import airflow as drill
+from drills import nodes, runbook
 from tests.cluster.conftest import NODES
 
 pytestmark = pytest.mark.cluster
@@ -49,7 +50,8 @@ sys.exit(1 if unknown else 0)
 def test_six_units_active_and_enabled_on_every_node(cluster) -> None:
     units = " ".join(drill.SERVICES)
     for node in NODES:
-        assert cluster(node, f"systemctl is-active {units}").stdout.split() == ["active"] * 6
+        active = cluster(node, runbook.command("airflow-units-active")).stdout.split()
+        assert active == ["active"] * 6
         assert cluster(node, f"systemctl is-enabled {units}").stdout.split() == ["enabled"] * 6
 
 
@@ -66,7 +68,7 @@ def test_three_schedulers_alive(cluster) -> None:
 
 def test_airflow_reads_every_key_of_its_config(cluster) -> None:
     for node in NODES:
-        result = drill.ssh(
+        result = nodes.ssh(
             node,
             "cd /opt/airflow && runuser -u airflow -- "
             "bash -c 'set -a; . /etc/airflow/airflow.env; exec python -'",
@@ -90,7 +92,7 @@ def test_celery_uses_a_quorum_queue_with_confirms(cluster) -> None:
         "print(c.broker_transport_options['confirm_publish'], c.worker_prefetch_multiplier,"
         " c.task_acks_late, c.broker_failover_strategy, len(c.broker_url.split(';')))\n"
     )
-    out = drill.ssh(
+    out = nodes.ssh(
         NODES[0],
         "cd /opt/airflow && runuser -u airflow -- "
         "bash -c 'set -a; . /etc/airflow/airflow.env; exec python -'",

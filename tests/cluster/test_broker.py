@@ -10,7 +10,7 @@ import socket
 
 import pytest
 
-from benchmarks import broker_drill
+from drills import broker, nodes
 from tests.cluster.conftest import NODES
 from tools.localcloud.machines import by_name
 
@@ -37,8 +37,8 @@ def test_every_node_lists_the_same_three_running_members(cluster) -> None:
 def test_broker_ports_listen_on_the_mesh_or_loopback_only(cluster) -> None:
     for node in NODES:
         listening = cluster(node, "ss -Hltnp").stdout.splitlines()
-        broker = [line for line in listening if '"beam.smp"' in line or '"epmd"' in line]
-        local = {line.split()[3] for line in broker}
+        beam = [line for line in listening if '"beam.smp"' in line or '"epmd"' in line]
+        local = {line.split()[3] for line in beam}
         ports = {int(address.rsplit(":", 1)[1]) for address in local}
         assert ports >= BROKER_PORTS, f"{node}: {sorted(local)}"
         outside = {a for a in local if a.rsplit(":", 1)[0] not in (MESH[node], "127.0.0.1")}
@@ -96,15 +96,15 @@ def test_airflow_vhost_user_and_no_guest(cluster) -> None:
                                           "--formatter json"))
     assert permissions == [{"user": "airflow", "configure": ".*", "write": ".*", "read": ".*"}]
     # The password the deploy generated (the one in the broker URL) opens every node.
-    password = broker_drill.broker_password()
+    password = broker.broker_password()
     for node in NODES:
-        broker_drill.ssh(node, "rabbitmqctl authenticate_user airflow >/dev/null",
+        nodes.ssh(node, "rabbitmqctl authenticate_user airflow >/dev/null",
                          stdin=password + "\n")
 
 
 def test_a_queue_declared_without_arguments_is_a_quorum_queue_on_all_nodes(cluster) -> None:
     """What Celery gets: the vhost's default queue type is quorum, replicated on 3 members."""
-    broker_drill.prepare_runner("node-a")
+    broker.prepare_runner("node-a")
     name = "broker-test-default-type"
     script = (
         "import sys, pika\n"
@@ -114,8 +114,8 @@ def test_a_queue_declared_without_arguments_is_a_quorum_queue_on_all_nodes(clust
         f"c.channel().queue_declare('{name}', durable=True)\n"
         "c.close()\n"
     )
-    declared = broker_drill.ssh(
-        "node-a", f"python3 -c {shlex.quote(script)}", stdin=broker_drill.broker_password() + "\n"
+    declared = nodes.ssh(
+        "node-a", f"python3 -c {shlex.quote(script)}", stdin=broker.broker_password() + "\n"
     )
     assert declared.returncode == 0
     try:
@@ -129,8 +129,8 @@ def test_a_queue_declared_without_arguments_is_a_quorum_queue_on_all_nodes(clust
 
 
 def test_management_api_answers_on_the_mesh_for_airflow(cluster) -> None:
-    password = broker_drill.broker_password()
-    result = broker_drill.ssh(
+    password = broker.broker_password()
+    result = nodes.ssh(
         "node-b",
         "curl -sS -o /dev/null -w '%{http_code}' -K - http://10.42.0.1:15672/api/overview",
         stdin=f'user = "airflow:{password}"\n',
@@ -139,8 +139,8 @@ def test_management_api_answers_on_the_mesh_for_airflow(cluster) -> None:
 
 
 def test_node_loss_drill_loses_no_confirmed_message_and_the_node_rejoins(cluster) -> None:
-    result = broker_drill.run_drill(messages=10_000, victim="node-b", runner="node-a")
-    print(broker_drill.report(result))
+    result = broker.run_drill(messages=10_000, victim="node-b", runner="node-a")
+    print(broker.report(result))
     assert result["confirmed"] == 10_000
     assert result["lost"] == 0, result["lost_ids"]
     assert result["unique"] == 10_000

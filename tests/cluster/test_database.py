@@ -1,7 +1,7 @@
 """The database tier on the local machines: etcd, Patroni + PostgreSQL 17, HAProxy.
 
 One quick crash drill (a single kill -9 of the primary's Patroni + PostgreSQL) runs here;
-benchmarks/failover.py repeats it per timing set and prints the medians.
+drills/failover.py repeats it per timing set and prints the medians.
 """
 
 from __future__ import annotations
@@ -15,16 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import failover
-from benchmarks.broker_drill import ClusterLock
 from components import database
+from drills import failover, nodes, runbook
 from tests.cluster.conftest import NODES
+from tools.localcloud.lock import ClusterLock
 from tools.localcloud.machines import by_name, ssh_command
 
 pytestmark = pytest.mark.cluster
 MESH = {"node-a": "10.42.0.1", "node-b": "10.42.0.2", "node-c": "10.42.0.3"}
 ETCDCTL = "ETCDCTL_API=3 etcdctl --endpoints=http://127.0.0.1:2379"
-PATRONICTL = "patronictl -c /etc/patroni/config.yml"
 # After the failover and the old primary's rejoin, every client must have made progress again
 # within this long.
 CLIENT_RECOVERY_S = 20
@@ -40,7 +39,7 @@ def password(cluster) -> Iterator[str]:
 
 @pytest.mark.parametrize("node", NODES)
 def test_etcd_is_one_healthy_three_member_cluster(cluster, node) -> None:
-    cluster(node, f"{ETCDCTL} endpoint health --cluster")
+    cluster(node, "ETCDCTL_API=3 " + runbook.command("etcd-health"))
     members = json.loads(cluster(node, f"{ETCDCTL} member list -w json").stdout)
     assert sorted(m["name"] for m in members["members"]) == NODES
     status = json.loads(cluster(node, f"{ETCDCTL} endpoint status --cluster -w json").stdout)
@@ -50,13 +49,13 @@ def test_etcd_is_one_healthy_three_member_cluster(cluster, node) -> None:
 
 
 def test_patroni_has_one_leader_and_two_streaming_replicas(cluster) -> None:
-    listing = json.loads(cluster("node-a", f"{PATRONICTL} list -f json").stdout)
+    listing = json.loads(cluster("node-a", failover.PATRONI_LIST_JSON).stdout)
     roles = sorted(m["Role"] for m in listing)
     assert roles == ["Leader", "Replica", "Sync Standby"], listing
     for member in listing:
         expected = "running" if member["Role"] == "Leader" else "streaming"
         assert member["State"] == expected, listing
-    config = cluster("node-a", f"{PATRONICTL} show-config").stdout
+    config = cluster("node-a", runbook.command("patroni-show-config")).stdout
     assert "synchronous_mode: true" in config and "use_pg_rewind: true" in config
 
 
@@ -69,7 +68,7 @@ def _etcd_leader_node(cluster) -> str:
 @pytest.mark.parametrize("role", ["Leader", "Sync Standby"])
 def test_etcd_leadership_put_beside_the_primary_or_sync_standby_moves_away(cluster, role) -> None:
     """airflow-ha-etcd-leader-away.timer hands etcd's leadership to the async replica's node."""
-    listing = json.loads(cluster("node-a", f"{PATRONICTL} list -f json").stdout)
+    listing = json.loads(cluster("node-a", f"{runbook.PATRONICTL} list -f json").stdout)
     by_role = {m["Role"]: m["Member"] for m in listing}
     node = by_role[role]
     members = json.loads(cluster("node-a", f"{ETCDCTL} member list -w json").stdout)["members"]
@@ -152,15 +151,15 @@ def test_a_row_written_through_haproxy_lands_on_the_primary_and_the_replicas(
 
 
 CLIENTS = Path(__file__).resolve().parent / "agents" / "db_clients.py"
-CLIENTS_ON_NODE = f"{failover.DRILL_DIR}/db_clients.py"
-CLIENTS_STOP = f"{failover.DRILL_DIR}/db-clients.stop"
+CLIENTS_ON_NODE = f"{nodes.DRILL_DIR}/db_clients.py"
+CLIENTS_STOP = f"{nodes.DRILL_DIR}/db-clients.stop"
 
 
 def start_clients(node: str, password: str) -> subprocess.Popen[str]:
     """db_clients.py on a node: clients without timeouts through its HAProxy, until stopped."""
-    failover.ssh(
+    nodes.ssh(
         node,
-        f"mkdir -p {failover.DRILL_DIR} && rm -f {CLIENTS_STOP} && cat > {CLIENTS_ON_NODE}",
+        f"mkdir -p {nodes.DRILL_DIR} && rm -f {CLIENTS_STOP} && cat > {CLIENTS_ON_NODE}",
         stdin=CLIENTS.read_text(),
     )
     proc = subprocess.Popen(
@@ -176,7 +175,7 @@ def start_clients(node: str, password: str) -> subprocess.Popen[str]:
 
 
 def test_killing_the_primary_fails_over_without_losing_a_row(cluster, password) -> None:
-    with ClusterLock():
+    with ClusterLock(timeout=1800):
         primary = failover.leader_of(failover.wait_healthy())
         clients = {n: start_clients(n, password) for n in NODES if n != primary}
         drill = failover.crash_drill(password)
@@ -184,7 +183,7 @@ def test_killing_the_primary_fails_over_without_losing_a_row(cluster, password) 
         listing = failover.wait_healthy()
         time.sleep(CLIENT_RECOVERY_S)
         for node in clients:
-            failover.ssh(node, f"touch {CLIENTS_STOP}")
+            nodes.ssh(node, f"touch {CLIENTS_STOP}")
         idle = {n: json.loads(p.stdout.read())["idle_s"] for n, p in clients.items()}
     print(f"client threads, seconds since their last round: {idle}")
     # No client is left hanging by the failover: with HAProxy's connect retries every one of

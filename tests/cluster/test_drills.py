@@ -1,11 +1,11 @@
-"""The resilience suite's quick form on the local machines (tools.drills --quick): each drill
+"""The resilience suite's quick form on the local machines (python -m drills --quick): each drill
 once, with the steady workload (writer, publisher with confirms, a DAG run every few seconds).
 
 A drill fails when anything acknowledged is lost (rows, messages, DAG runs), when a failed part
 does not rejoin by itself, or when one of its own checks fails (no split brain, RabbitMQ's
 minority paused, the synchronous standby promoted, systemd restarted what was killed, ...).
 Timings are printed, never asserted. The full suite with the defaults-versus-tuned comparison
-is `python -m tools.drills` (docs/resilience.md). Runs last: it stops and partitions machines.
+is `python -m drills` (docs/resilience.md). Runs last: it stops and partitions machines.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tools.drills import common, load, report
-from tools.drills.cli import run_suite
-from tools.drills.drills import catalogue
+from drills import common, load, report
+from drills.cli import run_suite
+from drills.suite import catalogue
 
 pytestmark = pytest.mark.cluster
 

@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from drills import runbook
 from tests.cluster.conftest import NODES
 
 pytestmark = pytest.mark.cluster
@@ -14,7 +15,7 @@ MESH = {"node-a": "10.42.0.1", "node-b": "10.42.0.2", "node-c": "10.42.0.3"}
 
 @pytest.mark.parametrize("node", NODES)
 def test_wireguard_lists_two_peers_with_a_recent_handshake(cluster, node) -> None:
-    handshakes = cluster(node, "wg show wg0 latest-handshakes").stdout.split()
+    handshakes = cluster(node, runbook.command("wg-handshakes")).stdout.split()
     pairs = dict(zip(handshakes[::2], handshakes[1::2], strict=True))
     assert len(pairs) == 2
     now = time.time()

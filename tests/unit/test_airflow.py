@@ -19,16 +19,8 @@ import pytest
 from components import airflow
 from components.config import NAMESPACE, ConfigError
 from components.nodes import ingress_rules
+from drills.airflow import SERVICES  # the six units the drills and cluster tests check
 from tools.engine import Engine, config_for_engine
-
-SERVICES = (
-    "airflow-api-server",
-    "airflow-scheduler",
-    "airflow-dag-processor",
-    "airflow-triggerer",
-    "airflow-worker",
-    "airflow-flower",
-)
 
 
 def _steps(engine, name):

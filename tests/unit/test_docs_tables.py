@@ -1,14 +1,14 @@
-"""Every table marked in docs/ matches the committed result file it names (tools/drills/docs.py)."""
+"""Every table marked in docs/ matches the committed result file it names (drills/docs.py)."""
 
 from __future__ import annotations
 
 import json
 
-from tools.drills import docs
+from drills import docs
 
 
 def test_doc_tables_match_their_result_files() -> None:
-    assert not docs.stale(), "run: .venv/bin/python -m tools.drills.docs"
+    assert not docs.stale(), "run: .venv/bin/python -m drills.docs"
 
 
 def test_a_marked_table_is_rendered_from_its_file(tmp_path, monkeypatch) -> None:

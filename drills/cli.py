@@ -1,4 +1,4 @@
-"""python -m tools.drills [--quick] [--runs N] [--only NAME,...]: the resilience suite."""
+"""python -m drills [--quick] [--runs N] [--only NAME,...]: the resilience suite."""
 
 from __future__ import annotations
 
@@ -9,13 +9,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import failover
-from tools.drills import common, load, report
-from tools.drills.drills import Suite, catalogue, run
-from tools.drills.workload import PUBLISH_INTERVAL_S, Secrets
-
-REPO = Path(__file__).resolve().parents[2]
-RESULTS = REPO / "benchmarks" / "results"
+from drills import common, failover, load, report
+from drills.nodes import RESULTS, say, ssh
+from drills.suite import Suite, catalogue, run
+from drills.workload import PUBLISH_INTERVAL_S, Secrets
 
 
 def settings(dag_interval: float) -> dict[str, Any]:
@@ -24,7 +21,7 @@ def settings(dag_interval: float) -> dict[str, Any]:
         config = failover.dynamic_config()
     except Exception:  # node-a down right now: the settings line goes without it
         config = {}
-    check = common.ssh(
+    check = ssh(
         common.first_reachable(), "grep -m1 'default-server' /etc/haproxy/haproxy.cfg"
     )
     return {
@@ -45,7 +42,7 @@ def run_suite(
     only: list[str] | None = None,
     dag_interval: float = 5.0,
     out_dir: Path | None = RESULTS,
-    command: str = "python -m tools.drills",
+    command: str = "python -m drills",
 ) -> dict[str, Any]:
     """Run the drills; return the document that is also written (unless out_dir is None)."""
     began = time.time()
@@ -57,7 +54,7 @@ def run_suite(
             raise SystemExit(f"unknown drill(s) {sorted(unknown)}: choose from {sorted(known)}")
         selected = [d for d in catalogue(False) if d[0] in only]
     runs = 1 if quick else runs
-    common.say(f"drills: {', '.join(name for name, _, _ in selected)}; {runs} run(s) each")
+    say(f"drills: {', '.join(name for name, _, _ in selected)}; {runs} run(s) each")
     secrets = Secrets.load()
     suite = Suite(secrets=secrets, mesh=common.mesh_addresses(), dag_interval=dag_interval)
     doc: dict[str, Any] = {
@@ -89,13 +86,13 @@ def run_suite(
         stamp = time.strftime("%Y-%m-%dT%H%M%SZ", time.gmtime(began))
         stem = f"{stamp}-drills" + ("-quick" if quick else "") + f"-{os.uname().nodename}"
         paths = report.write(doc, out_dir, stem)
-        common.say(f"wrote {paths[0]} and {paths[1]}")
+        say(f"wrote {paths[0]} and {paths[1]}")
     return doc
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tools.drills",
+        prog="python -m drills",
         description="The resilience suite on the local machines (root, local stack deployed).",
     )
     parser.add_argument(
@@ -114,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         "--out",
         type=Path,
         default=RESULTS,
-        help="where <date>-drills.{json,md} go (default benchmarks/results)",
+        help="where <date>-drills.{json,md} go (default drills/results)",
     )
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args(argv)
@@ -129,6 +126,6 @@ def main(argv: list[str] | None = None) -> int:
         only=only,
         dag_interval=args.dag_interval,
         out_dir=None if args.no_write else args.out,
-        command="python -m tools.drills " + " ".join(argv if argv is not None else sys.argv[1:]),
+        command="python -m drills " + " ".join(argv if argv is not None else sys.argv[1:]),
     )
     return 0 if doc["ok"] else 1

@@ -1,13 +1,13 @@
-"""PostgreSQL failover drill on the local machines: `python3 -m benchmarks.failover`.
+"""PostgreSQL failover drill on the local machines: `python3 -m drills.failover`.
 
-    python3 -m benchmarks.failover [--runs N] [--timings default|tuned|both] [--json PATH]
+    python3 -m drills.failover [--runs N] [--timings default|tuned|both] [--json PATH]
 
 For each set of Patroni timings (Patroni's defaults ttl 30 / loop_wait 10 / retry_timeout 10,
 and the local stack's tuned ones), set at run time in the cluster's dynamic config with
 `patronictl edit-config` (no redeploy) and restored afterwards, it runs N crash drills and one
 planned switchover. A crash drill:
 
-  1. a writer on a surviving node (benchmarks/failover_writer.py, Debian's python3-psycopg2)
+  1. a writer on a surviving node (drills/agents/failover_writer.py, Debian's python3-psycopg2)
      commits one row every 100 ms through that node's HAProxy 127.0.0.1:5000;
   2. the primary's Patroni and PostgreSQL are killed with SIGKILL (`systemctl kill -s KILL
      patroni`) and kept down, as if the node had died;
@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import shlex
 import statistics
 import sys
@@ -42,32 +41,30 @@ from typing import Any
 
 import yaml
 
-from benchmarks.broker_drill import ClusterLock, ssh
-from tools.localcloud.machines import MACHINES
+from drills import runbook
+from drills.nodes import (
+    AGENTS,
+    DRILL_DIR,
+    DRILL_LOCK_TIMEOUT_S,
+    NODES,
+    REPO,
+    deploy_secret,
+    ssh,
+)
+from drills.runbook import PATRONICTL
+from tools.localcloud.lock import ClusterLock
 
-REPO = Path(__file__).resolve().parent.parent
-STATE_FILE = REPO / ".deploy-state" / "local.json"
 PASSWORD_SECRET = "airflow-db-password/password"  # tools.deploy's key for the RandomPassword
-WRITER = Path(__file__).resolve().parent / "failover_writer.py"
-DRILL_DIR = "/run/airflow-ha-drill"
+WRITER = AGENTS / "failover_writer.py"
 WRITER_ON_NODE = f"{DRILL_DIR}/failover_writer.py"
-PATRONICTL = "patronictl -c /etc/patroni/config.yml"
-NODES = [m.name for m in MACHINES]
+PATRONI_LIST_JSON = runbook.command("patroni-list") + " -f json"  # the runbook's, machine-readable
 SCHEMA = "airflow_ha_drill"
 PATRONI_DEFAULTS = {"ttl": 30, "loop_wait": 10, "retry_timeout": 10}
 TIMING_KEYS = tuple(PATRONI_DEFAULTS)
 
 
 def db_password() -> str:
-    if os.environ.get("AIRFLOW_HA_DB_PASSWORD"):
-        return os.environ["AIRFLOW_HA_DB_PASSWORD"]
-    try:
-        return json.loads(STATE_FILE.read_text())["secrets"][PASSWORD_SECRET]
-    except (OSError, KeyError, ValueError) as exc:
-        raise SystemExit(
-            "no airflow database password: deploy the local stack first (python3 -m tools.deploy"
-            f" --stack local) or set AIRFLOW_HA_DB_PASSWORD ({type(exc).__name__}: {exc})"
-        ) from None
+    return deploy_secret(PASSWORD_SECRET, "AIRFLOW_HA_DB_PASSWORD", "airflow database password")
 
 
 def stack_timings(stack: str = "local") -> dict[str, int]:
@@ -98,7 +95,7 @@ def psql(node: str, sql: str, password: str, port: int = 5000, timeout: float = 
 def members() -> list[dict[str, Any]]:
     """`patronictl list` as JSON, asked of the first node that answers."""
     for node in NODES:
-        result = ssh(node, f"{PATRONICTL} list -f json", check=False, timeout=30)
+        result = ssh(node, PATRONI_LIST_JSON, check=False, timeout=30)
         if result.returncode == 0 and result.stdout.strip():
             return json.loads(result.stdout)
     raise RuntimeError("no node answered patronictl list")
@@ -131,7 +128,7 @@ def wait_healthy(timeout: float = 300) -> list[dict[str, Any]]:
 
 
 def dynamic_config() -> dict[str, Any]:
-    return yaml.safe_load(ssh(NODES[0], f"{PATRONICTL} show-config").stdout)
+    return yaml.safe_load(ssh(NODES[0], runbook.command("patroni-show-config")).stdout)
 
 
 def set_timings(timings: dict[str, int]) -> None:
@@ -292,12 +289,17 @@ def switchover_drill(password: str, baseline_s: float = 3.0) -> dict[str, Any]:
     """A planned `patronictl switchover`: the longest gap between acknowledged commits."""
     listing = wait_healthy()
     old = leader_of(listing)
+    # wait_healthy: one leader and a synchronous standby, the only member synchronous mode
+    # lets Patroni promote; the runbook (section 5) names it, and so does the drill.
+    sync = next(m["Member"] for m in listing if m["Role"] == "Sync Standby")
+    assert old is not None
     writer_node = next(n for n in NODES if n != old)
     writer = Writer(writer_node, password)
+    switch = runbook.command("patroni-switchover", current_leader=old, sync_standby=sync)
     try:
         time.sleep(baseline_s)
         begun = time.time()
-        ssh(writer_node, f"{PATRONICTL} switchover --leader {old} --force", timeout=120)
+        ssh(writer_node, switch, timeout=120)
         command_s = time.time() - begun
         deadline = time.monotonic() + 60
         while (
@@ -324,7 +326,7 @@ def run_set(
     label: str, timings: dict[str, int], runs: int, password: str, restore: dict[str, Any]
 ) -> dict[str, Any]:
     """N crash drills and a switchover with `timings`; `restore` is back before the lock goes."""
-    with ClusterLock():
+    with ClusterLock(timeout=DRILL_LOCK_TIMEOUT_S):
         wait_healthy()
         try:
             set_timings(timings)
@@ -378,7 +380,7 @@ def summary(sets: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python3 -m benchmarks.failover", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python3 -m drills.failover", description=__doc__)
     parser.add_argument("--runs", type=int, default=3, help="kills per timing set (default 3)")
     parser.add_argument("--timings", choices=("default", "tuned", "both"), default="both")
     parser.add_argument("--json", type=Path, help="also write the figures here")

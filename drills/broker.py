@@ -1,4 +1,4 @@
-"""Broker node-loss drill on the local machines: `python3 -m benchmarks.broker_drill`.
+"""Broker node-loss drill on the local machines: `python3 -m drills.broker`.
 
 Publishes N messages (default 10,000) with publisher confirms into a quorum queue of the
 `airflow` vhost, through the failover URL list, from a process on one node (`--runner`); once
@@ -13,7 +13,7 @@ Then it drains the queue from the survivors and prints what it measured:
                                   Type=notify and RabbitMQ reports ready once it has synced
                                   with its peers), on the victim's own clock
 
-AMQP listens on mesh addresses only: the AMQP client (benchmarks/broker_agent.py, pika) runs on
+AMQP listens on mesh addresses only: the AMQP client (drills/agents/broker_agent.py, pika) runs on
 the runner node, which gets python3-pika from Debian if it lacks it. The airflow user's
 password comes from the local deploy's state (.deploy-state/local.json) or
 $AIRFLOW_HA_BROKER_PASSWORD. The drill holds /run/airflow-ha-cluster.lock from the first publish
@@ -24,25 +24,21 @@ Nothing is asserted here: tests/cluster/test_broker.py asserts on the same figur
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
-import os
 import queue
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
-from tools.localcloud.machines import MACHINES, by_name, ssh_command
+from drills.nodes import AGENTS, DRILL_DIR, DRILL_LOCK_TIMEOUT_S, NODES, deploy_secret, ssh
+from tools.localcloud.lock import ClusterLock
+from tools.localcloud.machines import by_name, ssh_command
 
-REPO = Path(__file__).resolve().parent.parent
-STATE_FILE = REPO / ".deploy-state" / "local.json"
 PASSWORD_SECRET = "rabbitmq-airflow-password/password"  # tools.deploy's key for the RandomPassword
-LOCK_PATH = Path("/run/airflow-ha-cluster.lock")
-AGENT = Path(__file__).resolve().parent / "broker_agent.py"
-AGENT_ON_NODE = "/run/airflow-ha-drill/broker_agent.py"
+AGENT = AGENTS / "broker_agent.py"
+AGENT_ON_NODE = f"{DRILL_DIR}/broker_agent.py"
 VHOST = "airflow"
 USER = "airflow"
 AMQP_PORT = 5672
@@ -57,81 +53,13 @@ RUNNING_NODES = (
 )
 
 
-def ssh(node: str, command: str, timeout: float = 120, stdin: str | None = None,
-        check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        ssh_command(by_name(node), command), input=stdin, capture_output=True, text=True,
-        timeout=timeout,
-    )
-    if check and result.returncode != 0:
-        raise RuntimeError(f"on {node}: {command!r} exited {result.returncode}: "
-                           f"{result.stderr.strip() or result.stdout.strip()}")
-    return result
-
-
 def broker_password() -> str:
-    if os.environ.get("AIRFLOW_HA_BROKER_PASSWORD"):
-        return os.environ["AIRFLOW_HA_BROKER_PASSWORD"]
-    try:
-        return json.loads(STATE_FILE.read_text())["secrets"][PASSWORD_SECRET]
-    except (OSError, KeyError, ValueError) as exc:
-        raise SystemExit(
-            f"no broker password: deploy the local stack first (python3 -m tools.deploy --stack "
-            f"local) or set AIRFLOW_HA_BROKER_PASSWORD ({type(exc).__name__}: {exc})"
-        ) from None
+    return deploy_secret(PASSWORD_SECRET, "AIRFLOW_HA_BROKER_PASSWORD", "broker password")
 
 
 def urls(nodes: list[str], password: str) -> list[str]:
     """The failover list (Celery's syntax joins these with ';')."""
     return [f"amqp://{USER}:{password}@{n}:{AMQP_PORT}/{VHOST}" for n in nodes]
-
-
-def _lock_held_by_ancestor() -> bool:
-    pid = os.getppid()
-    while pid > 1:
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            return False
-        if b"flock" in cmdline and str(LOCK_PATH).encode() in cmdline:
-            return True
-        pid = int(stat.rsplit(")", 1)[1].split()[1])
-    return False
-
-
-class ClusterLock:
-    """flock on the shared lock file, unless an ancestor (`flock LOCK cmd`) already holds it."""
-
-    def __init__(self, timeout: float = 1800) -> None:
-        self.timeout = timeout
-        self.handle = None
-
-    def __enter__(self) -> ClusterLock:
-        if _lock_held_by_ancestor():
-            return self
-        self.handle = open(LOCK_PATH, "a")
-        deadline = time.monotonic() + self.timeout
-        announced = False
-        while True:
-            try:
-                fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return self
-            except BlockingIOError:
-                if not announced:
-                    print(f"waiting for {LOCK_PATH} (a deploy or another drill holds it)",
-                          flush=True)
-                    announced = True
-                if time.monotonic() > deadline:
-                    raise TimeoutError(
-                        f"{LOCK_PATH} still held after {self.timeout:.0f}s"
-                    ) from None
-                time.sleep(1)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.handle is not None:
-            self.handle.close()
-            self.handle = None
 
 
 def running_nodes(node: str) -> list[str]:
@@ -143,7 +71,7 @@ def prepare_runner(runner: str) -> None:
     ssh(runner, "dpkg-query -W -f='${Status}' python3-pika 2>/dev/null | grep -q 'ok installed' "
                 "|| apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends "
                 "python3-pika >/dev/null", timeout=600)
-    ssh(runner, f"install -d -m 0700 {os.path.dirname(AGENT_ON_NODE)} && "
+    ssh(runner, f"install -d -m 0700 {DRILL_DIR} && "
                 f"cat > {AGENT_ON_NODE}", stdin=AGENT.read_text())
 
 
@@ -185,7 +113,7 @@ def wait_rejoin(victim: str, killed: dict, killed_at: float,
     The unit is Type=notify: RabbitMQ reports ready only once it has synced with the cluster,
     so "active again with a new main PID" is the moment it rejoined; its cluster view confirms.
     """
-    expected = sorted(f"rabbit@{m.name}" for m in MACHINES)
+    expected = sorted(f"rabbit@{n}" for n in NODES)
     started_by_hand = False
     probe = ("echo \"state=$(systemctl is-active rabbitmq-server)\"; "
              "echo \"pid=$(systemctl show -p MainPID --value rabbitmq-server)\"; "
@@ -234,7 +162,7 @@ def queue_leader(node: str, name: str) -> str:
 def run_drill(messages: int = 10_000, victim: str = "node-b", runner: str | None = None,
               kill_at: float = 0.3, password: str | None = None,
               log=print) -> dict[str, Any]:
-    names = [m.name for m in MACHINES]
+    names = NODES
     if victim not in names:
         raise SystemExit(f"unknown victim {victim!r}: one of {', '.join(names)}")
     survivors = [n for n in names if n != victim]
@@ -253,7 +181,7 @@ def run_drill(messages: int = 10_000, victim: str = "node-b", runner: str | None
     }
     result: dict[str, Any] = {"messages": messages, "victim": victim, "runner": runner,
                               "queue": queue_name}
-    with ClusterLock():
+    with ClusterLock(timeout=DRILL_LOCK_TIMEOUT_S):
         # Another drill may have just brought a machine back: wait for the whole cluster.
         deadline = time.monotonic() + 300
         while (before := running_nodes(runner)) != expected:
@@ -358,7 +286,7 @@ def report(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python3 -m benchmarks.broker_drill",
+    parser = argparse.ArgumentParser(prog="python3 -m drills.broker",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--messages", type=int, default=10_000)
     parser.add_argument("--victim", default="node-b")

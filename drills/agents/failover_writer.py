@@ -7,7 +7,7 @@ Commits one row (RUN_ID, seq) every INTERVAL seconds (default 0.1) through the n
 new seq and one log line: `ok SEQ STARTED DONE` once the commit was acknowledged, `err SEQ
 STARTED DONE MESSAGE` otherwise (such a row may or may not exist); times are Unix seconds.
 Stops on SIGTERM.
-AIRFLOW_HA_DB_HOST / AIRFLOW_HA_DB_PORT point it elsewhere (tools.drills: a node's own
+AIRFLOW_HA_DB_HOST / AIRFLOW_HA_DB_PORT point it elsewhere (the partition drill: a node's own
 PostgreSQL on its mesh address, port 5432).
 No statement_timeout on purpose: cancelling a commit that waits for the synchronous standby
 reports success for a commit that may not be replicated, which would falsify the drill.

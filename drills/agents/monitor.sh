@@ -7,7 +7,7 @@
 # amqp: RabbitMQ's AMQP listener (closed while pause_minority has paused the node); diag:
 # `rabbitmq-diagnostics is_running` (slow: an Erlang VM per call); patroni: its REST API's
 # role and state; etcd: the local member's `endpoint health` (needs a quorum).
-# Stops on SIGTERM (tools.drills kills its process group).
+# Stops on SIGTERM (the drills kill its process group).
 set -u
 mesh=$1
 log=$2

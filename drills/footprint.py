@@ -1,11 +1,11 @@
 """The idle footprint benchmark: CPU and memory per node and per unit, with nothing running.
 
-    python -m tools.drills.footprint [--seconds 120] [--out DIR]
+    python -m drills.footprint [--seconds 120] [--out DIR]
 
 Waits until the cluster is healthy, lets it settle, then samples every node at once for
-`seconds` (tools/drills/agents/footprint.py: each systemd unit's cgroup CPU time and its
+`seconds` (drills/agents/footprint.py: each systemd unit's cgroup CPU time and its
 processes' Pss). Prints a table per node and writes <time>-footprint-<host>.json to DIR
-(default benchmarks/results). CPU is in % of one core. On these machines wireguard-go (the
+(default drills/results). CPU is in % of one core. On these machines wireguard-go (the
 `system-wg\\x2dquick.slice`, userspace WireGuard) is an artefact: cloud nodes run WireGuard in
 the kernel, where it costs no process at all.
 """
@@ -20,11 +20,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import failover
-from tools.drills import common
-from tools.drills.common import NODES, Agent, say
+from drills import common, failover
+from drills.common import Agent
+from drills.nodes import NODES, RESULTS, say, ssh
 
-RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 TIERS = {
     "airflow": ("airflow-",),
     "database": ("patroni", "etcd", "haproxy"),
@@ -47,7 +46,7 @@ def sample(seconds: float) -> dict[str, Any]:
     for node, agent in agents.items():
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            text = common.ssh(node, f"cat {agent.log} 2>/dev/null || true").stdout
+            text = ssh(node, f"cat {agent.log} 2>/dev/null || true").stdout
             if text.strip():
                 result[node] = json.loads(text)
                 break
@@ -108,7 +107,7 @@ def run(seconds: float, settle: float) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.drills.footprint", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m drills.footprint", description=__doc__)
     parser.add_argument("--seconds", type=float, default=120)
     parser.add_argument("--settle", type=float, default=60)
     parser.add_argument("--out", type=Path, default=RESULTS)

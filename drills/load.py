@@ -1,10 +1,10 @@
 """The load drill: a burst of task instances created within one second, in four conditions.
 
-    python -m tools.drills.load [--runs 5] [--conditions warm,api-restart,rolling,db-crash]
+    python -m drills.load [--runs 5] [--conditions warm,api-restart,rolling,db-crash]
 
 The burst is `runs` runs of a 40-task DAG (airflow_ha_burst) plus one run of each of a few of
 Airflow's own example DAGs, created at once through one node's REST API
-(tools/drills/agents/burst.py). Every run is followed to its end; the drill reports, per
+(drills/agents/burst.py). Every run is followed to its end; the drill reports, per
 condition, the task instances that failed (and those of them that never ran: no hostname, the
 worker never reached PATCH .../run), runs not succeeded, and the burst's throughput (task
 instances ended per minute, from the first run's creation to the last task's end).
@@ -30,38 +30,29 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import airflow_drill, failover
-from tools.drills import common, report
-from tools.drills.common import NODES, Agent, Log, say
-from tools.drills.workload import put_dag, wait_parsed
+from drills import airflow, common, failover, report
+from drills.common import Agent
+from drills.nodes import NODES, RESULTS, Log, say, ssh
+from drills.workload import put_dag, wait_parsed
 
 BURST_DAG_ID = "airflow_ha_burst"
 BURST_TASKS = 40
-BURST_DAG = f'''"""airflow-ha load drill: {BURST_TASKS} independent short tasks per run
-(written by tools/drills/load.py)."""
-
-from datetime import datetime
-
-from airflow.sdk import DAG, task
-
-with DAG(
-    dag_id="{BURST_DAG_ID}",
-    schedule=None,
-    start_date=datetime(2024, 1, 1),
-    catchup=False,
-    is_paused_upon_creation=False,
-    max_active_runs=64,
-    max_active_tasks=64,
-    tags=["airflow-ha"],
-):
-    for index in range({BURST_TASKS}):
+BURST_DAG = airflow.dag_file(
+    f"airflow-ha load drill: {BURST_TASKS} independent short tasks per run\n"
+    "(written by drills/load.py).",
+    BURST_DAG_ID,
+    "from datetime import datetime\n\nfrom airflow.sdk import DAG, task",
+    f"""    for index in range({BURST_TASKS}):
 
         @task(task_id=f"work_{{index:02d}}")
         def work(index: int = index) -> int:
             return index * index
 
         work()
-'''
+""",
+    max_active_runs="64",
+    max_active_tasks="64",
+)
 # Airflow's own example DAGs (from the venv) that end in success without anything outside the
 # cluster: (file under site-packages/airflow, dag_id).
 EXAMPLES = (
@@ -77,8 +68,7 @@ CONDITIONS = ("warm", "api-restart", "rolling", "db-crash")
 QUICK_CONDITIONS = ("api-restart", "db-crash")
 QUICK_RUNS = 3
 FULL_RUNS = 5
-AIRFLOW_UNITS = " ".join(airflow_drill.SERVICES)
-RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+AIRFLOW_UNITS = " ".join(airflow.SERVICES)
 
 
 def ensure_dags(api_node: str, log: Log = say, timeout: float = 300) -> None:
@@ -86,10 +76,10 @@ def ensure_dags(api_node: str, log: Log = say, timeout: float = 300) -> None:
     wanted = {f"{BURST_DAG_ID}.py": BURST_DAG}
     node = NODES[0]
     for path, _ in EXAMPLES:
-        wanted[f"airflow_ha_{Path(path).name}"] = common.ssh(node, f"cat {SITE}/{path}").stdout
+        wanted[f"airflow_ha_{Path(path).name}"] = ssh(node, f"cat {SITE}/{path}").stdout
     for name, text in wanted.items():
         put_dag(name, text, log)
-    api = airflow_drill.Api(api_node)
+    api = airflow.Api(api_node)
     deadline = time.monotonic() + timeout
     for dag_id in [BURST_DAG_ID, *(d for _, d in EXAMPLES)]:
         wait_parsed(api, dag_id, deadline)
@@ -111,7 +101,7 @@ def burst(
     agent = Agent(api_node, "burst.py", stdin=settings)
     deadline = time.monotonic() + timeout + 120
     while time.monotonic() < deadline:
-        out = common.ssh(api_node, f"cat {agent.log} 2>/dev/null || true").stdout
+        out = ssh(api_node, f"cat {agent.log} 2>/dev/null || true").stdout
         if out.strip():
             agent.stop()
             return json.loads(out)
@@ -202,7 +192,7 @@ def after_failover(
 
 def _wait_api_answers(node: str, mesh: str) -> None:
     """Until the node's api-server answers on its mesh address (at most 300 s)."""
-    common.ssh(
+    ssh(
         node,
         f"for i in $(seq 300); do curl -sf -o /dev/null http://{mesh}:8080/api/v2/version"
         " && exit 0; sleep 1; done; exit 1",
@@ -216,7 +206,7 @@ def _rolling_restart(log: Log) -> None:
     mesh = common.mesh_addresses()
     for node in NODES:
         log(f"  rolling: restarting Airflow on {node}")
-        common.ssh(
+        ssh(
             node,
             f"systemctl stop airflow-worker; systemctl stop {AIRFLOW_UNITS}; "
             f"systemctl start {AIRFLOW_UNITS}",
@@ -232,7 +222,7 @@ def condition(name: str, runs: int, password: str, db_password: str, log: Log) -
     record: dict[str, Any] = {"condition": name}
     background: threading.Thread | None = None
     if name == "api-restart":
-        common.parallel(lambda n: common.ssh(n, "systemctl restart airflow-api-server"), NODES)
+        common.parallel(lambda n: ssh(n, "systemctl restart airflow-api-server"), NODES)
         mesh = common.mesh_addresses()
         common.parallel(lambda n: _wait_api_answers(n, mesh[n]), NODES)
         log("  every api-server restarted and answering")
@@ -246,11 +236,11 @@ def condition(name: str, runs: int, password: str, db_password: str, log: Log) -
         writer = failover.Writer(next(n for n in NODES if n != leader), db_password)
 
         def crash() -> None:
-            # As benchmarks/failover.py crash_drill: killed, kept down until another node
+            # As drills/failover.py crash_drill: killed, kept down until another node
             # leads, then started again (it rejoins as a replica).
             time.sleep(3)
             log(f"  db-crash: kill -9 of Patroni and PostgreSQL on {leader}")
-            record["killed_at"] = float(common.ssh(
+            record["killed_at"] = float(ssh(
                 leader,
                 "systemctl kill --signal=SIGKILL patroni.service; date +%s.%N; "
                 "systemctl stop patroni.service",
@@ -264,7 +254,7 @@ def condition(name: str, runs: int, password: str, db_password: str, log: Log) -
                 except Exception:  # patronictl on a node mid-failover: ask again
                     pass
             record["promoted_s"] = round(time.time() - record["killed_at"], 1)
-            common.ssh(leader, "systemctl start patroni.service")
+            ssh(leader, "systemctl start patroni.service")
 
         background = threading.Thread(target=crash)
     if background:
@@ -288,7 +278,7 @@ def condition(name: str, runs: int, password: str, db_password: str, log: Log) -
 
 def run(conditions: list[str], runs: int, log: Log = say) -> dict[str, Any]:
     with common.lock():
-        secrets_password = airflow_drill.Api(NODES[0]).password()
+        secrets_password = airflow.Api(NODES[0]).password()
         db_password = failover.db_password()
         mesh = common.mesh_addresses()
         common.wait_healthy(mesh, db_password, timeout=900, log=log)
@@ -324,7 +314,7 @@ def passed(record: dict[str, Any]) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.drills.load", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m drills.load", description=__doc__)
     parser.add_argument("--runs", type=int, default=5, help="runs of the 40-task DAG (default 5)")
     parser.add_argument("--conditions", default=",".join(CONDITIONS))
     parser.add_argument(
@@ -339,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown condition(s) {sorted(unknown)}: choose from {list(CONDITIONS)}")
     doc = run(chosen, args.runs)
-    doc["command"] = "python -m tools.drills.load " + " ".join(
+    doc["command"] = "python -m drills.load " + " ".join(
         argv if argv is not None else sys.argv[1:]
     )
     print(report.load_markdown(doc))

@@ -1,4 +1,4 @@
-"""The drills' steady publisher; runs ON a node next to benchmarks/broker_agent.py.
+"""The drills' steady publisher; runs ON a node next to drills/agents/broker_agent.py.
 
     AIRFLOW_HA_DRILL_SETTINGS='{"urls": [...], "queue": "q", "interval": 0.1}' \
         python3 publisher.py LOG
@@ -22,7 +22,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import pika  # Debian's python3-pika, installed by broker_drill.prepare_runner
+import pika  # Debian's python3-pika, installed by drills/broker.py prepare_runner
 from broker_agent import close, open_channel
 from pika.exceptions import AMQPError
 

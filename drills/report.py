@@ -1,12 +1,11 @@
-"""The suite's table: printed, and written as JSON and Markdown to benchmarks/results/."""
+"""The suite's table: printed, and written as JSON and Markdown to drills/results/."""
 
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 from typing import Any
-
-from tools.drills.drills import median
 
 COLUMNS = (
     ("drill", "drill"),
@@ -21,6 +20,11 @@ COLUMNS = (
     ("rejoin_s", "rejoin s"),
     ("result", "result"),
 )
+
+
+def median(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return round(statistics.median(known), 1) if known else None
 
 
 def _sum(values: list[int | None]) -> int | str:
@@ -123,7 +127,7 @@ def markdown(doc: dict[str, Any]) -> str:
     for row in rows:
         out.append("| " + " | ".join(_cell(row[key]) for key, _ in COLUMNS) + " |")
     if doc.get("load"):
-        out += ["", "## Load drill (tools/drills/load.py)", "", load_markdown(doc["load"])]
+        out += ["", "## Load drill (drills/load.py)", "", load_markdown(doc["load"])]
     out += ["", "## Every run", ""]
     for record in doc["records"]:
         out.append(f"- **{record['label']}** run {record.get('run', 1)}: " + summary(record))

@@ -1,13 +1,13 @@
 """The steady workload that runs through every drill, on a node that survives it (the runner).
 
-- database: the failover drill's writer (benchmarks/failover_writer.py) commits one row every
+- database: the failover drill's writer (drills/agents/failover_writer.py) commits one row every
   100 ms through the runner's HAProxy 127.0.0.1:5000. Lost = acknowledged rows missing after.
-- broker: tools/drills/agents/publisher.py publishes one message every 100 ms with publisher
+- broker: drills/agents/publisher.py publishes one message every 100 ms with publisher
   confirms into a fresh quorum queue, through the failover list of all three brokers (the
   drill's victim first, so the publisher starts connected to the broker that fails and the
-  queue's leader lives there). Afterwards benchmarks/broker_agent.py's consume phase drains
+  queue's leader lives there). Afterwards drills/agents/broker_agent.py's consume phase drains
   the queue: lost = confirmed ids that never came back.
-- airflow: tools/drills/agents/dag_trigger.py creates a run of the probe DAG (one short task)
+- airflow: drills/agents/dag_trigger.py creates a run of the probe DAG (one short task)
   every few seconds through the REST API (the runner's api-server first). Lost = acknowledged
   runs that do not end in success.
 
@@ -28,32 +28,22 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks import airflow_drill, broker_drill, failover
-from tools.drills.common import NODES, Agent, Log, first_reachable, say
+from drills import airflow, broker, failover
+from drills.common import Agent, first_reachable
+from drills.nodes import NODES, Log, say
 
 PROBE_DAG_ID = "airflow_ha_drill_probe"
-PROBE_DAG = f'''"""airflow-ha drills: one short task per run, triggered every few seconds by
-tools.drills while it disturbs the cluster (written by tools/drills/workload.py)."""
-
-from datetime import datetime, timedelta
-
-from airflow.providers.standard.operators.bash import BashOperator
-from airflow.sdk import DAG
-
-with DAG(
-    dag_id="{PROBE_DAG_ID}",
-    schedule=None,
-    start_date=datetime(2024, 1, 1),
-    catchup=False,
-    is_paused_upon_creation=False,
-    max_active_runs=64,
-    max_active_tasks=64,
-    params={{"seconds": 3}},
-    default_args={{"retries": 3, "retry_delay": timedelta(seconds=5)}},
-    tags=["airflow-ha"],
-):
-    BashOperator(task_id="probe", bash_command="sleep {{{{ params.seconds }}}}")
-'''
+PROBE_DAG = airflow.dag_file(
+    "airflow-ha drills: one short task per run, triggered every few seconds by\n"
+    "`python -m drills` while it disturbs the cluster (written by drills/workload.py).",
+    PROBE_DAG_ID,
+    airflow.BASH_DAG_IMPORTS,
+    f'    BashOperator(task_id="probe", {airflow.SLEEP_SECONDS})\n',
+    max_active_runs="64",
+    max_active_tasks="64",
+    params='{"seconds": 3}',
+    default_args=airflow.RETRIES,
+)
 PUBLISH_INTERVAL_S = 0.1
 TERMINAL = ("success", "failed")
 
@@ -69,28 +59,28 @@ class Secrets:
     def load(cls, api_node: str | None = None) -> Secrets:
         return cls(
             db=failover.db_password(),
-            broker=broker_drill.broker_password(),
+            broker=broker.broker_password(),
             airflow_user="admin",
-            airflow=airflow_drill.Api(api_node or first_reachable()).password(),
+            airflow=airflow.Api(api_node or first_reachable()).password(),
         )
 
 
 def put_dag(name: str, text: str, log: Log = say) -> None:
     """A DAG file on every node, written (as the airflow user's) only where it differs."""
-    path = f"{airflow_drill.DAGS_DIR}/{name}"
+    path = f"{airflow.DAGS_DIR}/{name}"
     digest = hashlib.sha256(text.encode()).hexdigest()
     for node in NODES:
-        have = airflow_drill.ssh(node, f"sha256sum {path} 2>/dev/null", check=False).stdout
+        have = airflow.ssh(node, f"sha256sum {path} 2>/dev/null", check=False).stdout
         if have.split()[:1] != [digest]:
             log(f"writing {name} on {node}")
-            airflow_drill.ssh(
+            airflow.ssh(
                 node,
                 f"cat > {path}.tmp && chown airflow:airflow {path}.tmp && mv {path}.tmp {path}",
                 stdin=text,
             )
 
 
-def wait_parsed(api: airflow_drill.Api, dag_id: str, deadline: float, tasks: int | None = None):
+def wait_parsed(api: airflow.Api, dag_id: str, deadline: float, tasks: int | None = None):
     """Until the DAG's tasks are in the database (`tasks` of them, if given)."""
     while True:
         with contextlib.suppress(RuntimeError):
@@ -105,7 +95,7 @@ def wait_parsed(api: airflow_drill.Api, dag_id: str, deadline: float, tasks: int
 def ensure_probe_dag(api_node: str, log: Log = say, timeout: float = 300) -> None:
     """The probe DAG on every node (written where it differs), parsed and unpaused."""
     put_dag(f"{PROBE_DAG_ID}.py", PROBE_DAG, log)
-    api = airflow_drill.Api(api_node)
+    api = airflow.Api(api_node)
     wait_parsed(api, PROBE_DAG_ID, time.monotonic() + timeout, tasks=1)
     api.patch(f"/api/v2/dags/{PROBE_DAG_ID}", {"is_paused": False})
 
@@ -136,7 +126,7 @@ def parse_oks(lines: list[str]) -> list[tuple[int, float]]:
 
 
 class DbWriter:
-    """benchmarks/failover_writer.py (the failover drill's writer) on a node, one commit every
+    """drills/agents/failover_writer.py (the failover drill's writer) on a node, one commit every
     100 ms: through the node's HAProxy (default) or to host:port (a node's own PostgreSQL)."""
 
     def __init__(self, node: str, password: str, host: str = "127.0.0.1", port: int = 5000):
@@ -207,11 +197,11 @@ class Workloads:
 
     def start(self) -> None:
         failover.prepare(self.secrets.db)  # the writer on every node, the drill table
-        broker_drill.prepare_runner(self.runner)  # python3-pika, broker_agent.py
+        broker.prepare_runner(self.runner)  # python3-pika, broker_agent.py
         self.started = time.time()
         if self.db:
             self.writer = DbWriter(self.runner, self.secrets.db)
-        urls = broker_drill.urls(self.broker_order, self.secrets.broker)
+        urls = broker.urls(self.broker_order, self.secrets.broker)
         self.publisher = Agent(
             self.runner,
             "publisher.py",
@@ -373,20 +363,20 @@ class Workloads:
             result["stderr"] = self.publisher.stderr[-500:]
         # broker_agent.py's consume phase, run over SSH on the runner (copied there again:
         # the broker drill removes it when it ends).
-        broker_drill.prepare_runner(self.runner)
+        broker.prepare_runner(self.runner)
         survivors_first = [self.runner, *(n for n in NODES if n != self.runner)]
         settings = {
             "phase": "consume",
-            "urls": broker_drill.urls(survivors_first, self.secrets.broker),
+            "urls": broker.urls(survivors_first, self.secrets.broker),
             "queue": self.queue,
             "messages": len(oks),
             "confirmed": len(oks),
             "retry_seconds": 60,
             "idle_seconds": 5,
         }
-        drain = broker_drill.ssh(
+        drain = broker.ssh(
             self.runner,
-            f"python3 {broker_drill.AGENT_ON_NODE}",
+            f"python3 {broker.AGENT_ON_NODE}",
             timeout=600,
             check=False,
             stdin=json.dumps(settings) + "\n",

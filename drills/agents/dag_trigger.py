@@ -8,7 +8,7 @@ Every `interval` seconds it creates one run of the DAG through Airflow's REST AP
 (POST /api/v2/dags/{dag_id}/dagRuns), trying the api-servers in order (its own node's first).
 A run the API acknowledged (HTTP 200, or 409 when an earlier attempt that timed out had created
 it) gets `ok SEQ SENT ACKED RUN_ID API`; a run no api-server accepted `err SEQ SENT MESSAGE`.
-Acknowledged runs must all end in success; tools.drills checks that in the database.
+Acknowledged runs must all end in success; the drills check that in the database.
 A request gives up after `timeout` seconds (3: the API answers in milliseconds, and a dead
 node's api-server must not hold the probe for long), and after a round that no api-server
 accepted the next one starts after 1 s, not a whole interval: the probe measures when Airflow

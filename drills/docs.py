@@ -1,15 +1,15 @@
 """Tables in docs/ rendered from committed result files, so that no figure is typed by hand.
 
-    python -m tools.drills.docs            # rewrite every marked table
-    python -m tools.drills.docs --check    # exit 1 when a table differs from its file
+    python -m drills.docs            # rewrite every marked table
+    python -m drills.docs --check    # exit 1 when a table differs from its file
 
 A table is marked in a Markdown file by
 
-    <!-- table: KIND benchmarks/results/FILE.json -->
+    <!-- table: KIND drills/results/FILE.json -->
     ...rendered here...
     <!-- /table -->
 
-KIND is `load` (tools/drills/load.py's document) or `footprint` (tools/drills/footprint.py's).
+KIND is `load` (drills/load.py's document) or `footprint` (drills/footprint.py's).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tools.drills import footprint, report
+from drills import footprint, report
+from drills.nodes import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
 BLOCK = re.compile(
     r"(<!-- table: (?P<kind>[a-z]+) (?P<path>\S+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S
@@ -64,14 +64,14 @@ def stale() -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.drills.docs", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m drills.docs", description=__doc__)
     parser.add_argument("--check", action="store_true")
     args = parser.parse_args(argv)
     if args.check:
         old = stale()
         for path in old:
             print(f"{path.relative_to(REPO)}: a table differs from its result file; "
-                  "run python -m tools.drills.docs", file=sys.stderr)
+                  "run python -m drills.docs", file=sys.stderr)
         return 1 if old else 0
     for path in sorted(DOCS.glob("*.md")):
         text = path.read_text()

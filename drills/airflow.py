@@ -1,4 +1,4 @@
-"""Airflow node-loss drill on the local machines: `python3 -m benchmarks.airflow_drill`.
+"""Airflow node-loss drill on the local machines: `python3 -m drills.airflow`.
 
 Ships a fan-out DAG (one `start` task, then `--tasks` BashOperator tasks sleeping `--seconds`,
 each with retries) by writing it on one node and letting csync2 carry it, triggers a run through
@@ -27,75 +27,56 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import fcntl
 import json
-import os
 import shlex
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from datetime import datetime
-from pathlib import Path
 
-from benchmarks import failover
-from tools.localcloud.machines import MACHINES, by_name, ssh_command
+from drills import failover, runbook
+from drills.nodes import NODES, localcloud, ssh
+from tools.localcloud.lock import ClusterLock
 
-REPO = Path(__file__).resolve().parent.parent
-LOCK_PATH = Path("/run/airflow-ha-cluster.lock")
-NODES = [m.name for m in MACHINES]
 DAGS_DIR = "/opt/airflow/dags"
 DAG_ID = "airflow_ha_fanout"
-SERVICES = (
-    "airflow-api-server",
-    "airflow-scheduler",
-    "airflow-dag-processor",
-    "airflow-triggerer",
-    "airflow-worker",
-    "airflow-flower",
-)
+SERVICES = runbook.AIRFLOW_UNITS
 
-DAG_SOURCE = '''"""airflow-ha fan-out: `start`, then {tasks} parallel tasks (the cluster tests)."""
-
-from datetime import datetime, timedelta
+# What the bash-task DAGs import, and how their tasks retry.
+BASH_DAG_IMPORTS = """from datetime import datetime, timedelta
 
 from airflow.providers.standard.operators.bash import BashOperator
-from airflow.sdk import DAG
-
-with DAG(
-    dag_id="{dag_id}",
-    schedule=None,
-    start_date=datetime(2024, 1, 1),
-    catchup=False,
-    is_paused_upon_creation=False,
-    max_active_tasks=64,
-    params={{"seconds": 2}},
-    default_args={{"retries": 3, "retry_delay": timedelta(seconds=5)}},
-    tags=["airflow-ha"],
-):
-    start = BashOperator(task_id="start", bash_command="true")
-    for i in range({tasks}):
-        start >> BashOperator(task_id=f"t{{i:02d}}", bash_command="sleep {{{{ params.seconds }}}}")
-'''
+from airflow.sdk import DAG"""
+RETRIES = '{"retries": 3, "retry_delay": timedelta(seconds=5)}'
+SLEEP_SECONDS = 'bash_command="sleep {{ params.seconds }}"'  # a run's conf sets the seconds
 
 
-def ssh(
-    node: str, command: str, timeout: float = 120, check: bool = True, stdin: str | None = None
-):
-    result = subprocess.run(
-        ssh_command(by_name(node), command),
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+def dag_file(doc: str, dag_id: str, imports: str, body: str, **dag_args: str) -> str:
+    """The source of one of the drills' DAGs: triggered by hand only (no schedule, no
+    catchup), unpaused as soon as it is parsed, tagged airflow-ha. `dag_args` are more
+    DAG(...) arguments as Python source; `body` is the tasks, indented under the `with`."""
+    more = "".join(f"    {key}={value},\n" for key, value in dag_args.items())
+    return (
+        f'"""{doc}"""\n\n{imports}\n\nwith DAG(\n    dag_id="{dag_id}",\n    schedule=None,\n'
+        "    start_date=datetime(2024, 1, 1),\n    catchup=False,\n"
+        f'    is_paused_upon_creation=False,\n{more}    tags=["airflow-ha"],\n):\n{body}'
     )
-    if check and result.returncode != 0:
-        raise RuntimeError(
-            f"on {node}: {command!r} exited {result.returncode}: "
-            f"{result.stderr.strip() or result.stdout.strip()}"
-        )
-    return result
+
+
+def fanout_dag(tasks: int) -> str:
+    """`start`, then `tasks` bash tasks in parallel, each sleeping the run's `seconds`."""
+    return dag_file(
+        f"airflow-ha fan-out: `start`, then {tasks} parallel tasks (the cluster tests).",
+        DAG_ID,
+        BASH_DAG_IMPORTS,
+        '    start = BashOperator(task_id="start", bash_command="true")\n'
+        f"    for i in range({tasks}):\n"
+        f'        start >> BashOperator(task_id=f"t{{i:02d}}", {SLEEP_SECONDS})\n',
+        max_active_tasks="64",
+        params='{"seconds": 2}',
+        default_args=RETRIES,
+    )
 
 
 def parse_time(value: str | None) -> float | None:
@@ -180,7 +161,7 @@ class Api:
 def write_dag(node: str, tasks: int) -> str:
     """Write the fan-out DAG into one node's DAG folder; return its sha256."""
     # A fresh stamp each time: the other nodes cannot already have this exact file.
-    source = DAG_SOURCE.format(dag_id=DAG_ID, tasks=tasks) + f"# written {time.time():.3f}\n"
+    source = fanout_dag(tasks) + f"# written {time.time():.3f}\n"
     path = f"{DAGS_DIR}/{DAG_ID}.py"
     ssh(
         node,
@@ -239,8 +220,7 @@ def hostnames(api: Api, run_id: str) -> collections.Counter:
 
 
 def node_rejoined(node: str) -> bool:
-    units = " ".join(SERVICES)
-    active = ssh(node, f"systemctl is-active {units}", check=False, timeout=30)
+    active = ssh(node, runbook.command("airflow-units-active"), check=False, timeout=30)
     if active.returncode != 0:
         return False
     try:
@@ -273,7 +253,7 @@ def own_jobs_fresh(node: str) -> bool:
 def schedulers_alive(node: str) -> int:
     out = ssh(
         node,
-        "airflow jobs check --job-type SchedulerJob --allow-multiple --limit 10 2>&1 | tail -n 1",
+        runbook.command("schedulers-alive") + " 2>&1 | tail -n 1",
         check=False,
         timeout=120,
     ).stdout
@@ -283,7 +263,7 @@ def schedulers_alive(node: str) -> int:
 
 def roles(node: str, victim: str) -> list[str]:
     """What else the victim held: the Patroni leader, the sync standby."""
-    out = ssh(node, "patronictl -c /etc/patroni/config.yml list -f json", check=False).stdout
+    out = ssh(node, failover.PATRONI_LIST_JSON, check=False).stdout
     try:
         members = json.loads(out)
     except ValueError:
@@ -292,40 +272,15 @@ def roles(node: str, victim: str) -> list[str]:
 
 
 def patroni_leader(node: str) -> str | None:
-    out = ssh(node, "patronictl -c /etc/patroni/config.yml list -f json", check=False).stdout
+    out = ssh(node, failover.PATRONI_LIST_JSON, check=False).stdout
     try:
         return next(m["Member"] for m in json.loads(out) if m["Role"] == "Leader")
     except (ValueError, StopIteration):
         return None
 
 
-@contextlib.contextmanager
-def cluster_lock() -> Iterator[None]:
-    """Hold the cluster lock unless an ancestor `flock` on it already does."""
-    pid = os.getppid()
-    while pid > 1:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-        if b"flock" in cmdline and str(LOCK_PATH).encode() in cmdline:
-            yield
-            return
-        pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    with open(LOCK_PATH, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"waiting for {LOCK_PATH}", flush=True)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
-
-
 def _terminated(signum, frame) -> None:
     raise SystemExit(f"terminated by signal {signum}")
-
-
-def localcloud(*args: str) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "tools.localcloud", *args], cwd=REPO, check=True, timeout=600
-    )
 
 
 def drill(api_node: str, victim: str, writer: str, tasks: int, seconds: int) -> dict:
@@ -336,7 +291,7 @@ def drill(api_node: str, victim: str, writer: str, tasks: int, seconds: int) -> 
     digest = write_dag(writer, tasks)
     figures["sync_seconds"] = round(wait_synced(digest, [n for n in NODES if n != writer]), 1)
     wait_parsed(api, tasks)
-    with cluster_lock():
+    with ClusterLock():
         run_id = f"drill-{int(time.time())}"
         triggered = time.time()
         api.trigger(run_id, seconds)
@@ -431,7 +386,9 @@ def drill(api_node: str, victim: str, writer: str, tasks: int, seconds: int) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python3 -m drills.airflow", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--api", default="node-a", help="the node whose REST API drives the run")
     parser.add_argument(
         "--victim",

@@ -1,7 +1,7 @@
 """The drills. Each takes the cluster lock, waits until the cluster is healthy, starts the steady
-workload (tools/drills/workload.py) on a node that survives, disturbs the cluster, waits until
+workload (drills/workload.py) on a node that survives, disturbs the cluster, waits until
 every workload succeeds again, puts back what it disturbed (try/finally) and waits until every
-part has rejoined by itself (tools/drills/common.py wait_healthy). Each returns one record:
+part has rejoined by itself (drills/common.py wait_healthy). Each returns one record:
 
   outage_s   {db, broker, airflow}: seconds each workload could not succeed (see workload.py)
   lost       {rows, messages, dag_runs}: acknowledged, and missing afterwards (must all be 0)
@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import statistics
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from benchmarks import broker_drill, failover
-from tools.drills import common
-from tools.drills.common import NODES, Agent, Log, say
-from tools.drills.workload import DbWriter, Secrets, Workloads, ensure_probe_dag
+from drills import broker, common, failover
+from drills.common import Agent
+from drills.nodes import NODES, Log, say, ssh
+from drills.workload import DbWriter, Secrets, Workloads, ensure_probe_dag
 
 BASELINE_S = 5  # the workload runs this long before the event
 AIRFLOW_SCHEDULING_UNITS = ("airflow-scheduler", "airflow-dag-processor", "airflow-triggerer")
@@ -42,6 +41,39 @@ class Suite:
     log: Log = say
     tuned: dict[str, int] = field(default_factory=failover.stack_timings)
 
+    @contextlib.contextmanager
+    def workload(
+        self, runner: str, name: str, broker_first: str, db: bool = True
+    ) -> Iterator[Workloads]:
+        """The steady workload on `runner`, started, and stopped however the block ends; the
+        publisher tries `broker_first`'s broker first. db=False: the drill runs the failover
+        drill's own writer instead."""
+        wl = Workloads(
+            self.secrets,
+            runner,
+            [broker_first, *others(broker_first)],
+            name,
+            db=db,
+            dag_interval=self.dag_interval,
+            log=self.log,
+        )
+        wl.start()
+        try:
+            yield wl
+        finally:
+            wl.stop()
+
+    def healthy(self, **kwargs: Any) -> dict[str, Any]:
+        """common.wait_healthy for this suite's cluster (since=, timeout=, log=)."""
+        return common.wait_healthy(self.mesh, self.secrets.db, **kwargs)
+
+    def settle(self, wl: Workloads, event: float) -> tuple[dict[str, Any], dict[str, Any]]:
+        """After the event: every workload succeeds again, then the whole cluster is healthy;
+        (the health wait, the workload's figures)."""
+        wl.wait_recovered(event)
+        health = self.healthy(since=event)
+        return health, wl.finish(event)
+
 
 def healthy_leader() -> tuple[str, str | None, list[dict[str, Any]]]:
     listing = failover.wait_healthy()
@@ -58,15 +90,15 @@ def others(*nodes: str | None) -> list[str]:
 def rejoined(suite: Suite, since: float, timeout: float = 600) -> dict[str, Any]:
     """wait_healthy, but a part that does not rejoin is a result (all_s None), not an error."""
     try:
-        return common.wait_healthy(suite.mesh, suite.secrets.db, since=since, timeout=timeout)
+        return suite.healthy(since=since, timeout=timeout)
     except TimeoutError as exc:
         suite.log(f"  NOT REJOINED: {exc}")
         return {"all_s": None, "parts_s": {}, "not_rejoined": str(exc)}
 
 
-def workload_outages(figures: dict[str, Any]) -> dict[str, float | None]:
+def workload_outages(figures: dict[str, Any], db: float | None = None) -> dict[str, float | None]:
     return {
-        "db": figures.get("db", {}).get("outage_s"),
+        "db": figures.get("db", {}).get("outage_s") if db is None else db,
         "broker": figures["broker"].get("outage_s"),
         "airflow": figures["airflow"].get("outage_s"),
         # The first probe task to start after the database took writes again.
@@ -82,6 +114,32 @@ def workload_lost(figures: dict[str, Any], rows: int | None = None) -> dict[str,
     }
 
 
+def record_outcome(
+    record: dict[str, Any],
+    victim: str,
+    runner: str,
+    figures: dict[str, Any],
+    health: dict[str, Any],
+    rejoin_s: float | None,
+    details: dict[str, Any],
+    db: dict[str, Any] | None = None,
+    rows: int | None = None,
+) -> None:
+    """What every drill records: outages and losses per workload, how long the failed part
+    took to rejoin, and the details with the workload's figures and the health wait last.
+    `db`: drills/failover.py's result where it ran its own writer (its outage and lost rows are
+    the database's); `rows`: lost rows counted by the drill itself."""
+    record.update(
+        victim=victim,
+        runner=runner,
+        outage_s=workload_outages(figures, db=db["outage_s"] if db else None),
+        lost=workload_lost(figures, rows=db["lost"] if db else rows),
+        rejoin_s=rejoin_s,
+        healthy_after_s=health["all_s"],
+        details={**details, "workload": figures, "health": health},
+    )
+
+
 def run(suite: Suite, name: str, label: str, body: Callable[[Suite, dict], None]) -> dict:
     """One drill under the lock, with the cluster healthy before and after; never raises."""
     record: dict[str, Any] = {"drill": name, "label": label, "checks": {}}
@@ -91,7 +149,7 @@ def run(suite: Suite, name: str, label: str, body: Callable[[Suite, dict], None]
         record["started"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started))
         try:
             suite.log(f"== {label}")
-            common.wait_healthy(suite.mesh, suite.secrets.db, timeout=900, log=suite.log)
+            suite.healthy(timeout=900, log=suite.log)
             ensure_probe_dag(NODES[0], suite.log)
             body(suite, record)
         except Exception as exc:  # one failed drill must not stop the others
@@ -104,13 +162,13 @@ def run(suite: Suite, name: str, label: str, body: Callable[[Suite, dict], None]
                 if done:
                     record["restored_after_failure"] = done
                 try:
-                    common.wait_healthy(suite.mesh, suite.secrets.db, timeout=120, log=say)
+                    suite.healthy(timeout=120, log=say)
                 except TimeoutError:
                     repaired = common.repair_stuck_replicas(suite.log)
                     if repaired:
                         record["repaired_by_hand"] = repaired
                         record["checks"]["every part rejoined without a manual step"] = False
-                    common.wait_healthy(suite.mesh, suite.secrets.db, timeout=600, log=say)
+                    suite.healthy(timeout=600, log=say)
             except Exception as exc:
                 record.setdefault("error", f"restore: {type(exc).__name__}: {exc}")
                 record["restore_error"] = f"{type(exc).__name__}: {exc}"
@@ -130,7 +188,7 @@ def run(suite: Suite, name: str, label: str, body: Callable[[Suite, dict], None]
 
 
 def db_crash(timings: dict[str, int] | None) -> Callable[[Suite, dict], None]:
-    """kill -9 of the primary's Patroni and PostgreSQL (benchmarks/failover.py crash_drill:
+    """kill -9 of the primary's Patroni and PostgreSQL (drills/failover.py crash_drill:
     kept down until the writer commits again, then started). Patroni's timings are set for the
     drill with patronictl edit-config and restored after; None = the stack's own.
     rejoin_s: the old primary's Patroni started -> it streams from the new primary."""
@@ -146,40 +204,21 @@ def db_crash(timings: dict[str, int] | None) -> Callable[[Suite, dict], None]:
         try:
             leader, _sync, _ = healthy_leader()
             runner = others(leader)[0]  # crash_drill's writer node: the first survivor
-            wl = Workloads(
-                suite.secrets,
-                runner,
-                [runner, *others(runner)],
-                "dbcrash",
-                db=False,
-                dag_interval=suite.dag_interval,
-                log=suite.log,
-            )
-            wl.start()
-            try:
+            with suite.workload(runner, "dbcrash", runner, db=False) as wl:
                 drill = failover.crash_drill(suite.secrets.db)
                 killed = drill["killed_at"]
                 suite.log(
                     f"  killed {drill['victim']}'s Patroni+PostgreSQL; {drill['new_leader']} took "
                     f"over, writes back after {drill['outage_s']} s; rejoined {drill['rejoin_s']} s"
                 )
-                wl.wait_recovered(killed)
-                health = common.wait_healthy(suite.mesh, suite.secrets.db, since=killed)
-                figures = wl.finish(killed)
-            finally:
-                wl.stop()
+                health, figures = suite.settle(wl, killed)
         finally:
             if changed:
                 failover.set_timings({k: original[k] for k in changed})
                 suite.log(f"  restored Patroni timings {original}")
-        record.update(
-            victim=drill["victim"],
-            runner=runner,
-            outage_s={**workload_outages(figures), "db": drill["outage_s"]},
-            lost=workload_lost(figures, rows=drill["lost"]),
-            rejoin_s=drill["rejoin_s"],
-            healthy_after_s=health["all_s"],
-            details={"failover": drill, "workload": figures, "health": health},
+        details = {"failover": drill}
+        record_outcome(
+            record, drill["victim"], runner, figures, health, drill["rejoin_s"], details, db=drill
         )
         record["checks"].update(
             {
@@ -192,22 +231,12 @@ def db_crash(timings: dict[str, int] | None) -> Callable[[Suite, dict], None]:
 
 
 def switchover(suite: Suite, record: dict) -> None:
-    """A planned `patronictl switchover` (benchmarks/failover.py switchover_drill).
+    """A planned `patronictl switchover` (drills/failover.py switchover_drill).
     outage db: the longest gap between commits. rejoin_s: the switchover began -> the old
     primary streams as a replica and the whole cluster is healthy."""
     leader, _sync, _ = healthy_leader()
     runner = others(leader)[0]
-    wl = Workloads(
-        suite.secrets,
-        runner,
-        [runner, *others(runner)],
-        "switchover",
-        db=False,
-        dag_interval=suite.dag_interval,
-        log=suite.log,
-    )
-    wl.start()
-    try:
+    with suite.workload(runner, "switchover", runner, db=False) as wl:
         time.sleep(BASELINE_S)
         before = time.time()
         drill = failover.switchover_drill(suite.secrets.db)
@@ -216,20 +245,10 @@ def switchover(suite: Suite, record: dict) -> None:
             f"  switchover {drill['old_leader']} -> {drill['new_leader']}: longest gap "
             f"{drill['outage_s']} s"
         )
-        wl.wait_recovered(event)
-        health = common.wait_healthy(suite.mesh, suite.secrets.db, since=event)
-        figures = wl.finish(event)
-    finally:
-        wl.stop()
-    record.update(
-        victim=leader,
-        runner=runner,
-        outage_s={**workload_outages(figures), "db": drill["outage_s"]},
-        lost=workload_lost(figures, rows=drill["lost"]),
-        rejoin_s=health["parts_s"].get("patroni"),
-        healthy_after_s=health["all_s"],
-        details={"switchover": drill, "workload": figures, "health": health},
-    )
+        health, figures = suite.settle(wl, event)
+    rejoin_s = health["parts_s"].get("patroni")
+    details = {"switchover": drill}
+    record_outcome(record, leader, runner, figures, health, rejoin_s, details, db=drill)
     record["checks"]["new leader elected"] = drill["new_leader"] not in (None, leader)
 
 
@@ -237,45 +256,30 @@ def switchover(suite: Suite, record: dict) -> None:
 
 
 def broker_crash(suite: Suite, record: dict) -> None:
-    """kill -9 of a broker's Erlang VM (benchmarks/broker_drill.py kill_broker) while the
+    """kill -9 of a broker's Erlang VM (drills/broker.py kill_broker) while the
     publisher is connected to it and the queue's leader lives there. rejoin_s: kill -> the
-    node runs in the cluster again, restarted by systemd (broker_drill.wait_rejoin)."""
+    node runs in the cluster again, restarted by systemd (broker.wait_rejoin)."""
     leader, _sync, _ = healthy_leader()
     victim = others(leader)[-1]
     runner = others(leader, victim)[0]
-    wl = Workloads(
-        suite.secrets,
-        runner,
-        [victim, *others(victim)],
-        "broker",
-        dag_interval=suite.dag_interval,
-        log=suite.log,
-    )
-    wl.start()
     try:
-        time.sleep(BASELINE_S)
-        killed = broker_drill.kill_broker(victim)
-        event, mono = time.time(), time.monotonic()
-        suite.log(f"  killed rabbit@{victim} (beam pid {killed.get('pid')})")
-        wl.wait_recovered(event)
-        back = broker_drill.wait_rejoin(victim, killed, mono)
-        health = common.wait_healthy(suite.mesh, suite.secrets.db, since=event)
-        figures = wl.finish(event)
+        with suite.workload(runner, "broker", victim) as wl:
+            time.sleep(BASELINE_S)
+            killed = broker.kill_broker(victim)
+            event, mono = time.time(), time.monotonic()
+            suite.log(f"  killed rabbit@{victim} (beam pid {killed.get('pid')})")
+            wl.wait_recovered(event)
+            back = broker.wait_rejoin(victim, killed, mono)
+            health = suite.healthy(since=event)
+            figures = wl.finish(event)
     finally:
-        wl.stop()
         common.quiet_ssh(
             victim,
             "systemctl is-active --quiet rabbitmq-server || systemctl start --no-block "
             "rabbitmq-server",
         )
-    record.update(
-        victim=victim,
-        runner=runner,
-        outage_s=workload_outages(figures),
-        lost=workload_lost(figures),
-        rejoin_s=back.get("rejoin_seconds"),
-        healthy_after_s=health["all_s"],
-        details={"rejoin": back, "workload": figures, "health": health},
+    record_outcome(
+        record, victim, runner, figures, health, back.get("rejoin_seconds"), {"rejoin": back}
     )
     record["checks"].update(
         {
@@ -294,6 +298,23 @@ JOBS_SQL = (
 )
 
 
+def jobs_back(
+    runner: str, password: str, event: float, expected: set[tuple[str, str]], timeout: float = 300
+) -> dict[tuple[str, str], float]:
+    """Seconds from the event until each expected (job type, host) had a new job heartbeating."""
+    back: dict[tuple[str, str], float] = {}
+    deadline = time.monotonic() + timeout
+    while set(back) != expected and time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            out = failover.psql(runner, JOBS_SQL.format(since=event), password)
+            for line in out.splitlines():
+                kind, host, at = line.split("|")
+                if (kind, host) in expected and (kind, host) not in back:
+                    back[(kind, host)] = round(float(at) - event, 1)
+        time.sleep(2)
+    return back
+
+
 def scheduler_kill(scope: str) -> Callable[[Suite, dict], None]:
     """kill -9 (systemctl kill --signal=SIGKILL: the unit's whole process tree) of
     one: one node's scheduler; node: every scheduling process of one node (scheduler,
@@ -310,57 +331,37 @@ def scheduler_kill(scope: str) -> Callable[[Suite, dict], None]:
         units = AIRFLOW_SCHEDULING_UNITS if scope == "node" else ("airflow-scheduler",)
         unit_list = " ".join(units)
         restarts = "for u in " + unit_list + "; do systemctl show -p NRestarts --value $u; done"
-        wl = Workloads(
-            suite.secrets,
-            runner,
-            [runner, *others(runner)],
-            f"sched{scope}",
-            dag_interval=suite.dag_interval,
-            log=suite.log,
-        )
-        wl.start()
+        expected = {(JOB_TYPES[u], n) for u in units for n in targets}
         try:
-            time.sleep(BASELINE_S + suite.dag_interval)
-            before = common.parallel(lambda n: common.ssh(n, restarts).stdout.split(), targets)
-            event = time.time()
-            common.parallel(
-                lambda n: common.ssh(n, f"systemctl kill --signal=SIGKILL {unit_list}"), targets
-            )
-            suite.log(f"  kill -9 of {unit_list} on {', '.join(targets)}")
-            wl.wait_recovered(event)
-            expected = {(JOB_TYPES[u], n) for u in units for n in targets}
-            back: dict[tuple[str, str], float] = {}
-            deadline = time.monotonic() + 300
-            while set(back) != expected and time.monotonic() < deadline:
-                with contextlib.suppress(Exception):
-                    out = failover.psql(runner, JOBS_SQL.format(since=event), suite.secrets.db)
-                    for line in out.splitlines():
-                        kind, host, at = line.split("|")
-                        if (kind, host) in expected and (kind, host) not in back:
-                            back[(kind, host)] = round(float(at) - event, 1)
-                time.sleep(2)
-            after = common.parallel(lambda n: common.ssh(n, restarts).stdout.split(), targets)
-            health = common.wait_healthy(suite.mesh, suite.secrets.db, since=event)
-            figures = wl.finish(event)
+            with suite.workload(runner, f"sched{scope}", runner) as wl:
+                time.sleep(BASELINE_S + suite.dag_interval)
+                before = common.parallel(lambda n: ssh(n, restarts).stdout.split(), targets)
+                event = time.time()
+                common.parallel(
+                    lambda n: ssh(n, f"systemctl kill --signal=SIGKILL {unit_list}"), targets
+                )
+                suite.log(f"  kill -9 of {unit_list} on {', '.join(targets)}")
+                wl.wait_recovered(event)
+                back = jobs_back(runner, suite.secrets.db, event, expected)
+                after = common.parallel(lambda n: ssh(n, restarts).stdout.split(), targets)
+                health = suite.healthy(since=event)
+                figures = wl.finish(event)
         finally:
-            wl.stop()
             for node in targets:
                 common.quiet_ssh(node, f"systemctl start {unit_list}")
         restarted = all(
             int(a) > int(b) for n in targets for a, b in zip(after[n], before[n], strict=True)
         )
-        record.update(
-            victim=",".join(targets),
-            runner=runner,
-            outage_s=workload_outages(figures),
-            lost=workload_lost(figures),
+        record_outcome(
+            record,
+            ",".join(targets),
+            runner,
+            figures,
+            health,
             rejoin_s=max(back.values()) if set(back) == expected else None,
-            healthy_after_s=health["all_s"],
             details={
                 "killed": list(units),
                 "back_s": {f"{k}@{h}": s for (k, h), s in sorted(back.items())},
-                "workload": figures,
-                "health": health,
             },
         )
         record["checks"].update(
@@ -384,17 +385,8 @@ def machine_stop(suite: Suite, record: dict) -> None:
     leader, sync, _ = healthy_leader()
     victim = sync or others(leader)[0]
     runner = others(leader, victim)[0]
-    wl = Workloads(
-        suite.secrets,
-        runner,
-        [victim, *others(victim)],
-        "machine",
-        dag_interval=suite.dag_interval,
-        log=suite.log,
-    )
-    wl.start()
     started_at = None
-    try:
+    with suite.workload(runner, "machine", victim) as wl:
         time.sleep(BASELINE_S)
         deadline = time.monotonic() + 180
         in_flight: list[str] = []
@@ -413,23 +405,12 @@ def machine_stop(suite: Suite, record: dict) -> None:
             suite.log(f"  {victim} started again")
         health = rejoined(suite, started_at)
         figures = wl.finish(event)
-    finally:
-        wl.stop()
-    record.update(
-        victim=victim,
-        runner=runner,
-        outage_s=workload_outages(figures),
-        lost=workload_lost(figures),
-        rejoin_s=health["all_s"],
-        healthy_after_s=health["all_s"],
-        details={
-            "in_flight_on_victim": in_flight,
-            "down_s": round(started_at - event, 1),
-            "recovered": recovered,
-            "workload": figures,
-            "health": health,
-        },
-    )
+    details = {
+        "in_flight_on_victim": in_flight,
+        "down_s": round(started_at - event, 1),
+        "recovered": recovered,
+    }
+    record_outcome(record, victim, runner, figures, health, health["all_s"], details)
     record["checks"]["a DAG run was in flight on the machine"] = bool(in_flight)
     record["checks"]["every part rejoined by itself"] = health["all_s"] is not None
 
@@ -461,7 +442,7 @@ def split_brain_check(acks: dict[str, list[float]], victim: str) -> dict[str, An
 def monitor_check(
     lines: dict[str, list[str]], victim: str, event: float, healed: float
 ) -> dict[str, Any]:
-    """What each node saw of itself (tools/drills/agents/monitor.sh) during the partition."""
+    """What each node saw of itself (drills/agents/monitor.sh) during the partition."""
 
     def parse(text: list[str]) -> list[tuple[float, dict[str, str]]]:
         rows = []
@@ -510,62 +491,55 @@ def partition(suite: Suite, record: dict) -> None:
     victim = leader
     runner = others(victim)[0]
     ttl = int(failover.dynamic_config().get("ttl", 30))
-    wl = Workloads(
-        suite.secrets,
-        runner,
-        [victim, *others(victim)],
-        "partition",
-        dag_interval=suite.dag_interval,
-        log=suite.log,
-    )
-    wl.start()
     monitors: dict[str, Agent] = {}
     direct: dict[str, DbWriter] = {}
     healed_at = None
     try:
-        monitors = {n: Agent(n, "monitor.sh", args=(suite.mesh[n],)) for n in NODES}
-        direct = {n: DbWriter(n, suite.secrets.db, host=suite.mesh[n], port=5432) for n in NODES}
-        time.sleep(BASELINE_S)
-        event = common.partition(victim)
-        wl.in_effect_at = time.time()
-        suite.log(f"  {victim} (the primary) partitioned")
-        survivors = others(victim)
+        with suite.workload(runner, "partition", victim) as wl:
+            monitors = {n: Agent(n, "monitor.sh", args=(suite.mesh[n],)) for n in NODES}
+            direct = {
+                n: DbWriter(n, suite.secrets.db, host=suite.mesh[n], port=5432) for n in NODES
+            }
+            time.sleep(BASELINE_S)
+            event = common.partition(victim)
+            wl.in_effect_at = time.time()
+            suite.log(f"  {victim} (the primary) partitioned")
+            survivors = others(victim)
 
-        def promoted() -> bool:
-            return failover.leader_of(common.members_from(survivors) or []) in survivors
+            def promoted() -> bool:
+                return failover.leader_of(common.members_from(survivors) or []) in survivors
 
-        def rabbit_gone() -> bool:
-            running = broker_drill.running_nodes(runner)
-            return bool(running) and f"rabbit@{victim}" not in running
+            def rabbit_gone() -> bool:
+                running = broker.running_nodes(runner)
+                return bool(running) and f"rabbit@{victim}" not in running
 
-        watches = {
-            "promoted": common.Watch(promoted, event),
-            "rabbit": common.Watch(rabbit_gone, event),
-        }
-        for watch in watches.values():
-            watch.start()
-        try:
-            recovered = wl.wait_recovered(event, names=("db", "broker"))
+            watches = {
+                "promoted": common.Watch(promoted, event),
+                "rabbit": common.Watch(rabbit_gone, event),
+            }
             for watch in watches.values():
-                watch.join()
-            rabbit_down = watches["rabbit"].seconds
-            suite.log(
-                f"  a survivor was primary after {watches['promoted'].seconds} s; the survivors "
-                f"saw rabbit@{victim} down after {rabbit_down} s"
-            )
-            # Past Patroni's ttl, and long enough for the cut-off RabbitMQ to pause and be seen.
-            hold_until = event + max(ttl + 10, (rabbit_down or 0) + 20)
-            time.sleep(max(0.0, hold_until - time.time()))
-        finally:
-            healed_at = time.time()
-            common.heal(victim)
-            suite.log(f"  {victim} healed after {healed_at - event:.0f} s")
-        health = rejoined(suite, healed_at)
-        direct_acks = {n: w.acks() for n, w in direct.items()}
-        monitor_lines = {n: m.stop() for n, m in monitors.items()}
-        figures = wl.finish(event)
+                watch.start()
+            try:
+                recovered = wl.wait_recovered(event, names=("db", "broker"))
+                for watch in watches.values():
+                    watch.join()
+                rabbit_down = watches["rabbit"].seconds
+                suite.log(
+                    f"  a survivor was primary after {watches['promoted'].seconds} s; the "
+                    f"survivors saw rabbit@{victim} down after {rabbit_down} s"
+                )
+                # Past Patroni's ttl, and long enough for the cut-off RabbitMQ to pause and be seen.
+                hold_until = event + max(ttl + 10, (rabbit_down or 0) + 20)
+                time.sleep(max(0.0, hold_until - time.time()))
+            finally:
+                healed_at = time.time()
+                common.heal(victim)
+                suite.log(f"  {victim} healed after {healed_at - event:.0f} s")
+            health = rejoined(suite, healed_at)
+            direct_acks = {n: w.acks() for n, w in direct.items()}
+            monitor_lines = {n: m.stop() for n, m in monitors.items()}
+            figures = wl.finish(event)
     finally:
-        wl.stop()
         for writer in direct.values():
             with contextlib.suppress(Exception):
                 writer.stop()
@@ -576,13 +550,13 @@ def partition(suite: Suite, record: dict) -> None:
     direct_lost = {n: len(w.lost(suite.secrets.db, runner)) for n, w in direct.items()}
     seen = monitor_check(monitor_lines, victim, event, healed_at)
     rows = figures["db"]["lost"] + sum(direct_lost.values())
-    record.update(
-        victim=victim,
-        runner=runner,
-        outage_s=workload_outages(figures),
-        lost=workload_lost(figures, rows=rows),
+    record_outcome(
+        record,
+        victim,
+        runner,
+        figures,
+        health,
         rejoin_s=health["all_s"],
-        healthy_after_s=health["all_s"],
         details={
             "partition_s": round(healed_at - event, 1),
             "ttl": ttl,
@@ -592,9 +566,8 @@ def partition(suite: Suite, record: dict) -> None:
             "split_brain": brain,
             "direct_writers_lost": direct_lost,
             "monitor": seen,
-            "workload": figures,
-            "health": health,
         },
+        rows=rows,
     )
     last = seen["victim_after"]
     record["checks"].update(
@@ -620,17 +593,8 @@ def region_lost(suite: Suite, record: dict) -> None:
     leader, sync, _ = healthy_leader()
     victim = leader
     runner = others(victim)[0]
-    wl = Workloads(
-        suite.secrets,
-        runner,
-        [victim, *others(victim)],
-        "region",
-        dag_interval=suite.dag_interval,
-        log=suite.log,
-    )
-    wl.start()
     restored_at = None
-    try:
+    with suite.workload(runner, "region", victim) as wl:
         time.sleep(BASELINE_S)
         event = common.partition(victim, verify=False)
         common.stop_machine(victim)
@@ -648,23 +612,8 @@ def region_lost(suite: Suite, record: dict) -> None:
             suite.log(f"  {victim} healed and started after {restored_at - event:.0f} s")
         health = rejoined(suite, restored_at)
         figures = wl.finish(event)
-    finally:
-        wl.stop()
-    record.update(
-        victim=victim,
-        runner=runner,
-        outage_s=workload_outages(figures),
-        lost=workload_lost(figures),
-        rejoin_s=health["all_s"],
-        healthy_after_s=health["all_s"],
-        details={
-            "down_s": round(restored_at - event, 1),
-            "new_primary": new,
-            "recovered": recovered,
-            "workload": figures,
-            "health": health,
-        },
-    )
+    details = {"down_s": round(restored_at - event, 1), "new_primary": new, "recovered": recovered}
+    record_outcome(record, victim, runner, figures, health, health["all_s"], details)
     record["checks"]["the synchronous standby took over"] = new == sync
     record["checks"]["every part rejoined by itself"] = health["all_s"] is not None
 
@@ -700,8 +649,3 @@ def catalogue(quick: bool) -> list[tuple[str, str, Callable[[Suite, dict], None]
     if quick:
         drills = [d for d in drills if d[0] not in ("db-crash-defaults", "scheduler-all")]
     return drills
-
-
-def median(values: list[float | None]) -> float | None:
-    known = [v for v in values if v is not None]
-    return round(statistics.median(known), 1) if known else None

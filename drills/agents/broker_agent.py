@@ -1,6 +1,6 @@
 """The AMQP side of the broker drill; runs ON a node (python3 + Debian's python3-pika).
 
-AMQP listens on mesh addresses only, which the host cannot reach, so benchmarks/broker_drill.py
+AMQP listens on mesh addresses only, which the host cannot reach, so drills/broker.py
 copies this file to a node over SSH and runs it there with one JSON line of settings (the
 password among them) on stdin; it answers with JSON lines on stdout:
 

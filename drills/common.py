@@ -1,4 +1,4 @@
-"""What every drill shares: SSH and the cluster lock (the broker drill's), the machines
+"""What the suite's drills share beyond drills/nodes.py: the cluster lock, the machines
 (tools.localcloud), background agents on the nodes, and the whole cluster's health.
 
 `wait_healthy` is the one definition of "the cluster is as we found it": all machines running
@@ -23,25 +23,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from benchmarks import failover
-from benchmarks.airflow_drill import SERVICES, localcloud
-from benchmarks.broker_drill import ClusterLock, ssh
+from drills import failover
+from drills.airflow import SERVICES
+from drills.nodes import AGENTS, DRILL_DIR, NODES, Log, localcloud, say, ssh
 from tools.localcloud import net, runtime
+from tools.localcloud.lock import ClusterLock
 from tools.localcloud.machines import MACHINES
 
-NODES = [m.name for m in MACHINES]
-AGENTS = Path(__file__).resolve().parent / "agents"
-DRILL_DIR = failover.DRILL_DIR  # /run/airflow-ha-drill on the nodes (tmpfs)
 LOCK_TIMEOUT_S = 4 * 3600  # other engineers' drills may hold the lock for a long time
 SCHEDULER_ALIVE_S = 30  # Airflow's scheduler_health_check_threshold
 DATABASE_UNITS = ("etcd", "patroni", "haproxy", "rabbitmq-server")
 PARTS = ("machines", "etcd", "patroni", "rabbitmq", "airflow")
-
-Log = Callable[[str], None]
-
-
-def say(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 def lock() -> ClusterLock:
@@ -123,7 +115,7 @@ def restore_machines(before: dict[str, dict[str, bool]], log: Log = say) -> list
 class Agent:
     """Copy a script to a node and run it there detached (its own session), logging to a file.
 
-    `script` is a name in tools/drills/agents or a path (e.g. benchmarks/failover_writer.py);
+    `script` is a file name in drills/agents (e.g. "monitor.sh") or a path to a script;
     its arguments are `args` then the log's path. The secret part of its input (`stdin`: a dict
     becomes JSON) reaches it in the environment variable `env_var`, read from SSH's stdin, never
     on a command line; `env` adds plain variables.
@@ -220,7 +212,7 @@ def node_probe(node: str, mesh: str) -> dict[str, str] | None:
 def members_from(nodes: list[str]) -> list[dict[str, Any]] | None:
     """`patronictl list` asked of the first of `nodes` that answers."""
     for node in nodes:
-        result = quiet_ssh(node, f"{failover.PATRONICTL} list -f json", timeout=20)
+        result = quiet_ssh(node, failover.PATRONI_LIST_JSON, timeout=20)
         if result is not None and result.returncode == 0 and result.stdout.strip():
             return json.loads(result.stdout)
     return None

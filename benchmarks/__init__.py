@@ -1,1 +1,0 @@
-"""Benchmarks and drills: each prints what it measured; nothing is asserted here."""

@@ -1,4 +1,0 @@
-"""The resilience suite: every failure a three-region cluster meets, drilled on the local
-machines with a steady workload, nothing acknowledged lost, the figures written to
-benchmarks/results/. `python -m tools.drills --help`; what each drill does: docs/resilience.md.
-"""

@@ -1,5 +1,0 @@
-import sys
-
-from tools.drills.cli import main
-
-sys.exit(main())
