@@ -166,19 +166,27 @@ def _host_byte(name: str) -> int:
     return hashlib.sha256(name.encode()).digest()[0] % 250 + 1
 
 
-class _ParentRecordingMonitor(pulumi_mocks.MockMonitor):
-    """The SDK's mock monitor, remembering each resource's parent for the resource tree."""
+def _key(urn: str) -> str:
+    """"type::name" of a URN (its last type, without the parents' types before "$")."""
+    qualified_type, name = urn.split("::")[-2:]
+    return f"{qualified_type.split('$')[-1]}::{name}"
+
+
+class _RecordingMonitor(pulumi_mocks.MockMonitor):
+    """The SDK's mock monitor, remembering each resource's parent (for the resource tree) and
+    what it waits for (so that tests and the offline render can state the order)."""
 
     def RegisterResource(self, request):
         if request.type != "pulumi:pulumi:Stack":
-            parent_key = ""
-            if request.parent:
-                qualified_type, parent_name = request.parent.split("::")[-2:]
-                parent_type = qualified_type.split("$")[-1]
-                if parent_type != "pulumi:pulumi:Stack":
-                    parent_key = f"{parent_type}::{parent_name}"
+            parent_key = _key(request.parent) if request.parent else ""
+            if parent_key.startswith("pulumi:pulumi:Stack::"):
+                parent_key = ""
+            key = (request.type, request.name)
             with self.mocks.lock:
-                self.mocks.parents[(request.type, request.name)] = parent_key
+                self.mocks.parents[key] = parent_key
+                # The SDK sends depends_on and the resources the inputs' Outputs come from as
+                # one list: both are what the engine waits for before creating the resource.
+                self.mocks.dependencies[key] = frozenset(_key(u) for u in request.dependencies)
         return super().RegisterResource(request)
 
 
@@ -189,6 +197,8 @@ class Engine(pulumi_mocks.Mocks):
         self.lock = threading.Lock()
         self.resources: list[Registered] = []
         self.parents: dict[tuple[str, str], str] = {}  # (type, name) -> "parent-type::name"
+        # (type, name) -> {"type::name", ...}: its depends_on and its inputs' resources.
+        self.dependencies: dict[tuple[str, str], frozenset[str]] = {}
         self.secret_outputs: set[str] = set()  # stack outputs that are secrets
         self._counter = 0
 
@@ -297,7 +307,7 @@ def run_program(
         project=NAMESPACE,
         stack=stack,
         preview=False,
-        monitor=_ParentRecordingMonitor(engine),
+        monitor=_RecordingMonitor(engine),
     )
     outputs: dict[str, Any] = {}
     engine.secret_outputs = set()
