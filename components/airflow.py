@@ -37,17 +37,13 @@ import pulumi_random as random
 from .broker import BrokerTier
 from .config import ClusterConfig, ConfigError
 from .database import DatabaseTier
-from .nodes import UI_PORT, Node
+from .layout import AIRFLOW_ACCOUNT, AIRFLOW_HOME, AIRFLOW_USER, DAGS_DIR, UI_PORT
+from .nodes import Node
 from .remote import TEMPLATES_DIR, RemoteFile, render, render_output, run_step
 from .vpn import VpnMesh
 
 PYTHON_TAG = "py313"  # Debian 13's python3
-AIRFLOW_USER = "airflow"
-# A fixed uid/gid on every node: csync2 carries numeric owners of DAG files between nodes.
-AIRFLOW_UID = 50000
-AIRFLOW_HOME = "/opt/airflow"
 VENV = f"{AIRFLOW_HOME}/venv"
-DAGS_DIR = f"{AIRFLOW_HOME}/dags"
 LOGS_DIR = f"{AIRFLOW_HOME}/logs"
 PLUGINS_DIR = f"{AIRFLOW_HOME}/plugins"
 CONFIG_DIR = "/etc/airflow"
@@ -405,7 +401,7 @@ class AirflowTier(pulumi.ComponentResource):
 
         lock_text = lock.read_text()
         lock_path = f"{AIRFLOW_HOME}/requirements-{cfg.airflow_version}-{PYTHON_TAG}.txt"
-        account = {"user": AIRFLOW_USER, "uid": AIRFLOW_UID, "home": AIRFLOW_HOME}
+        account = AIRFLOW_ACCOUNT.context()
 
         unit_names = [*services(cfg, nodes[0].spec.name), *([UI_TLS_UNIT] if cfg.public_ui else [])]
         configured: dict[str, pulumi.Resource] = {}

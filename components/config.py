@@ -23,6 +23,7 @@ import pulumi
 
 from . import config_schema as schema
 from .config_schema import NAMESPACE, ConfigError
+from .layout import WIREGUARD_PORT
 
 __all__ = ["NAMESPACE", "ClusterConfig", "ConfigError", "NodeSpec", "PatroniSettings"]
 
@@ -81,7 +82,7 @@ class ClusterConfig:
     rabbitmq_consumer_timeout_ms: int
     airflow_admin_user: str
     celery_worker_concurrency: int
-    wireguard_port: ClassVar[int] = 51820  # a constant of the program, not a key
+    wireguard_port: ClassVar[int] = WIREGUARD_PORT  # a constant of the program, not a key
 
     @property
     def mesh_prefix_len(self) -> int:

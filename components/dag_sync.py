@@ -17,7 +17,7 @@ file on any node deletes it everywhere.
 - Conflicts (one file changed on two nodes between two runs): `auto younger`, the newer file
   wins. Deletions propagate (csync2 sends removals of files it knew).
 - Owners travel as numbers: the airflow user has the same uid/gid on every node
-  (components/airflow.py AIRFLOW_UID).
+  (components/layout.py AIRFLOW_ACCOUNT).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from __future__ import annotations
 import pulumi
 import pulumi_random as random
 
-from .airflow import AIRFLOW_HOME, AIRFLOW_UID, AIRFLOW_USER, DAGS_DIR
 from .config import ClusterConfig
+from .layout import AIRFLOW_ACCOUNT, DAGS_DIR
 from .nodes import Node
 from .remote import RemoteFile, render, render_output, run_step
 from .vpn import VpnMesh
@@ -82,9 +82,7 @@ class DagSync(pulumi.ComponentResource):
                     "dag_sync/csync2.sh.j2",
                     {
                         "node": name,
-                        "user": AIRFLOW_USER,
-                        "uid": AIRFLOW_UID,
-                        "home": AIRFLOW_HOME,
+                        **AIRFLOW_ACCOUNT.context(),
                         "dags_dir": DAGS_DIR,
                         "mesh_address": node.spec.mesh_address,
                         "port": CSYNC2_PORT,

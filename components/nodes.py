@@ -14,13 +14,13 @@ from collections.abc import Sequence
 import pulumi
 
 from .config import ClusterConfig, NodeSpec
+from .layout import UI_PORT
 from .remote import NodeAccess, RemoteFile, render, run_step
 
 HCLOUD_IMAGE = "debian-13"
 # Debian's own AWS account publishes the official AMIs.
 DEBIAN_AMI_OWNER = "136693071363"
 DEBIAN_AMI_NAME = "debian-13-amd64-*"
-UI_PORT = 443
 
 
 def ingress_rules(cfg: ClusterConfig, peer_addresses: Sequence[pulumi.Input[str]]) -> list[dict]:
