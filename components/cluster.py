@@ -9,8 +9,25 @@ from .broker import BrokerTier
 from .config import ClusterConfig
 from .dag_sync import DagSync
 from .database import DatabaseTier
-from .nodes import Nodes
+from .nodes import Nodes, NodesArgs
 from .vpn import VpnMesh
+
+
+def cluster_name(cfg: ClusterConfig) -> str:
+    """The stack's name in cloud labels, Patroni's scope, etcd's token and RabbitMQ's cluster."""
+    return f"airflow-ha-{cfg.stack}"
+
+
+def nodes_args(cfg: ClusterConfig) -> NodesArgs:
+    return NodesArgs(
+        nodes=cfg.nodes,
+        cluster=cluster_name(cfg),
+        admin_cidrs=cfg.admin_cidrs,
+        public_ui=cfg.public_ui,
+        ssh_public_key=cfg.ssh_public_key,
+        ssh_private_key=cfg.ssh_private_key,
+        aws_vpc_cidr=cfg.aws_vpc_cidr,
+    )
 
 
 class AirflowHaCluster(pulumi.ComponentResource):
@@ -20,7 +37,7 @@ class AirflowHaCluster(pulumi.ComponentResource):
             "airflow-ha:cluster:AirflowHaCluster", f"airflow-ha-{cfg.stack}", None, opts
         )
         child = pulumi.ResourceOptions(parent=self)
-        self.nodes = Nodes(cfg, child)
+        self.nodes = Nodes(nodes_args(cfg), child)
         self.mesh = VpnMesh(cfg, self.nodes.nodes, child)
         self.database = DatabaseTier(cfg, self.nodes.nodes, self.mesh, child)
         self.broker = BrokerTier(cfg, self.nodes.nodes, self.mesh, child)

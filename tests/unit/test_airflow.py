@@ -233,9 +233,10 @@ def test_flower_api_and_rabbitmq_ui_are_not_public(values, deploy) -> None:
         assert cfg["celery"]["flower_host"] == mesh
         assert not any(p.endswith("airflow-ui-tls.service") for p, *_ in step.files)
     # The firewall admits SSH and WireGuard only: no 8080, 5555 or 15672.
+    from components.cluster import nodes_args
     from components.config import parse_config
 
-    ports = {rule["port"] for rule in ingress_rules(parse_config(cfg_values), [])}
+    ports = {rule["port"] for rule in ingress_rules(nodes_args(parse_config(cfg_values)), [])}
     assert ports == {22, 51820}
     # The log servers bind every address (Airflow has no option): nftables admits lo and wg0.
     rules = _file(next(iter(_steps(engine, "airflow-config").values())), airflow.LOG_FIREWALL)

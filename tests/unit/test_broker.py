@@ -219,6 +219,7 @@ def test_step_scripts_pass_bash_and_shellcheck(local, tmp_path) -> None:
 
 def _build_tier(values, stack: str) -> tuple[Engine, dict]:
     """Build nodes, mesh and the broker tier alone; return its outputs with their secretness."""
+    from components.cluster import nodes_args
     from components.nodes import Nodes
     from components.vpn import VpnMesh
 
@@ -228,7 +229,7 @@ def _build_tier(values, stack: str) -> tuple[Engine, dict]:
     seen: dict = {}
 
     def program():
-        nodes = Nodes(cfg)
+        nodes = Nodes(nodes_args(cfg))
         mesh = VpnMesh(cfg, nodes.nodes)
         tier = broker.BrokerTier(cfg, nodes.nodes, mesh)
 
