@@ -10,7 +10,7 @@ from .config import ClusterConfig
 from .dag_sync import DagSync
 from .database import DatabaseTier
 from .nodes import Nodes, NodesArgs
-from .vpn import VpnMesh
+from .vpn import VpnArgs, VpnMesh
 
 
 def cluster_name(cfg: ClusterConfig) -> str:
@@ -37,8 +37,8 @@ class AirflowHaCluster(pulumi.ComponentResource):
             "airflow-ha:cluster:AirflowHaCluster", f"airflow-ha-{cfg.stack}", None, opts
         )
         child = pulumi.ResourceOptions(parent=self)
-        self.nodes = Nodes(nodes_args(cfg), child)
-        self.mesh = VpnMesh(cfg, self.nodes.nodes, child)
+        self.nodes = Nodes("nodes", nodes_args(cfg), child)
+        self.mesh = VpnMesh("mesh", VpnArgs(self.nodes.nodes, cfg.mesh_prefix_len), child)
         self.database = DatabaseTier(cfg, self.nodes.nodes, self.mesh, child)
         self.broker = BrokerTier(cfg, self.nodes.nodes, self.mesh, child)
         self.airflow = AirflowTier(

@@ -307,8 +307,8 @@ class Nodes(pulumi.ComponentResource):
     resolved here after the last node, so that every node is built in one go.
     """
 
-    def __init__(self, args: NodesArgs, opts: pulumi.ResourceOptions | None = None):
-        super().__init__("airflow-ha:nodes:Nodes", "nodes", None, opts)
+    def __init__(self, name: str, args: NodesArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("airflow-ha:nodes:Nodes", name, None, opts)
         hcloud_key = None
         if any(n.cloud == "hcloud" for n in args.nodes):
             import pulumi_hcloud as hcloud

@@ -221,7 +221,7 @@ def _build_tier(values, stack: str) -> tuple[Engine, dict]:
     """Build nodes, mesh and the broker tier alone; return its outputs with their secretness."""
     from components.cluster import nodes_args
     from components.nodes import Nodes
-    from components.vpn import VpnMesh
+    from components.vpn import VpnArgs, VpnMesh
 
     cfg = parse_config(values(stack), stack=stack)
     engine = Engine()
@@ -229,8 +229,8 @@ def _build_tier(values, stack: str) -> tuple[Engine, dict]:
     seen: dict = {}
 
     def program():
-        nodes = Nodes(nodes_args(cfg))
-        mesh = VpnMesh(cfg, nodes.nodes)
+        nodes = Nodes("nodes", nodes_args(cfg))
+        mesh = VpnMesh("mesh", VpnArgs(nodes.nodes, cfg.mesh_prefix_len))
         tier = broker.BrokerTier(cfg, nodes.nodes, mesh)
 
         async def gather() -> None:
