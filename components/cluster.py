@@ -8,7 +8,7 @@ from .airflow import AirflowTier, lock_file
 from .broker import BrokerTier
 from .config import ClusterConfig
 from .dag_sync import DagSync
-from .database import DatabaseTier
+from .database import DatabaseArgs, DatabaseTier
 from .nodes import Nodes, NodesArgs
 from .vpn import VpnArgs, VpnMesh
 
@@ -39,7 +39,18 @@ class AirflowHaCluster(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         self.nodes = Nodes("nodes", nodes_args(cfg), child)
         self.mesh = VpnMesh("mesh", VpnArgs(self.nodes.nodes, cfg.mesh_prefix_len), child)
-        self.database = DatabaseTier(cfg, self.nodes.nodes, self.mesh, child)
+        self.database = DatabaseTier(
+            "database",
+            DatabaseArgs(
+                nodes=self.nodes.nodes,
+                after=self.mesh.ready,
+                scope=cluster_name(cfg),
+                postgres_version=cfg.postgres_version,
+                patroni=cfg.patroni,
+                mesh_cidr=cfg.mesh_cidr,
+            ),
+            child,
+        )
         self.broker = BrokerTier(cfg, self.nodes.nodes, self.mesh, child)
         self.airflow = AirflowTier(
             cfg, self.nodes.nodes, self.mesh, self.database, self.broker, child
