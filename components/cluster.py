@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pulumi
 
 from .airflow import AirflowTier, lock_file
-from .broker import BrokerTier
+from .broker import BrokerArgs, BrokerTier
 from .config import ClusterConfig
 from .dag_sync import DagSync
 from .database import DatabaseArgs, DatabaseTier
-from .nodes import Nodes, NodesArgs
+from .nodes import Node, Nodes, NodesArgs
 from .vpn import VpnArgs, VpnMesh
 
 
@@ -27,6 +29,15 @@ def nodes_args(cfg: ClusterConfig) -> NodesArgs:
         ssh_public_key=cfg.ssh_public_key,
         ssh_private_key=cfg.ssh_private_key,
         aws_vpc_cidr=cfg.aws_vpc_cidr,
+    )
+
+
+def broker_args(cfg: ClusterConfig, nodes: Sequence[Node], mesh: VpnMesh) -> BrokerArgs:
+    return BrokerArgs(
+        nodes=nodes,
+        after=mesh.ready,
+        cluster_name=cluster_name(cfg),
+        consumer_timeout_ms=cfg.rabbitmq_consumer_timeout_ms,
     )
 
 
@@ -51,7 +62,7 @@ class AirflowHaCluster(pulumi.ComponentResource):
             ),
             child,
         )
-        self.broker = BrokerTier(cfg, self.nodes.nodes, self.mesh, child)
+        self.broker = BrokerTier("broker", broker_args(cfg, self.nodes.nodes, self.mesh), child)
         self.airflow = AirflowTier(
             cfg, self.nodes.nodes, self.mesh, self.database, self.broker, child
         )

@@ -219,7 +219,7 @@ def test_step_scripts_pass_bash_and_shellcheck(local, tmp_path) -> None:
 
 def _build_tier(values, stack: str) -> tuple[Engine, dict]:
     """Build nodes, mesh and the broker tier alone; return its outputs with their secretness."""
-    from components.cluster import nodes_args
+    from components.cluster import broker_args, nodes_args
     from components.nodes import Nodes
     from components.vpn import VpnArgs, VpnMesh
 
@@ -231,7 +231,7 @@ def _build_tier(values, stack: str) -> tuple[Engine, dict]:
     def program():
         nodes = Nodes("nodes", nodes_args(cfg))
         mesh = VpnMesh("mesh", VpnArgs(nodes.nodes, cfg.mesh_prefix_len))
-        tier = broker.BrokerTier(cfg, nodes.nodes, mesh)
+        tier = broker.BrokerTier("broker", broker_args(cfg, nodes.nodes, mesh))
 
         async def gather() -> None:
             for attr in ("broker_url", "password", "management_tunnel"):
