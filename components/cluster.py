@@ -9,7 +9,7 @@ import pulumi
 from .airflow import AirflowTier, lock_file
 from .broker import BrokerArgs, BrokerTier
 from .config import ClusterConfig
-from .dag_sync import DagSync
+from .dag_sync import DagSync, DagSyncArgs
 from .database import DatabaseArgs, DatabaseTier
 from .nodes import Node, Nodes, NodesArgs
 from .vpn import VpnArgs, VpnMesh
@@ -66,7 +66,7 @@ class AirflowHaCluster(pulumi.ComponentResource):
         self.airflow = AirflowTier(
             cfg, self.nodes.nodes, self.mesh, self.database, self.broker, child
         )
-        self.dag_sync = DagSync(cfg, self.nodes.nodes, self.mesh, child)
+        self.dag_sync = DagSync("dag-sync", DagSyncArgs(self.nodes.nodes, self.mesh.ready), child)
 
         self.outputs: dict[str, pulumi.Input] = {
             "nodes": {

@@ -22,14 +22,15 @@ file on any node deletes it everywhere.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
 import pulumi
 import pulumi_random as random
 
-from .config import ClusterConfig
 from .layout import AIRFLOW_ACCOUNT, DAGS_DIR
 from .nodes import Node
 from .remote import RemoteFile, render, render_output, run_step
-from .vpn import VpnMesh
 
 CSYNC2_PORT = 30865
 GROUP = "airflow_dags"
@@ -45,82 +46,89 @@ CONFLICT_RULE = "younger"
 EXCLUDES = ("*~", ".*.swp", "*.pyc", "__pycache__")
 
 
+@dataclass(frozen=True)
+class DagSyncArgs:
+    """The nodes to keep the DAG folder equal on (ordered by meshIndex) and, per node, the step
+    its sync step waits for (the mesh)."""
+
+    nodes: Sequence[Node]
+    after: Mapping[str, pulumi.Resource]
+
+
+def csync2_cfg(hosts: list[str]) -> str:
+    """One group of all nodes; the same file on every node."""
+    return render(
+        "dag_sync/csync2.cfg.j2",
+        {
+            "group": GROUP,
+            "hosts": hosts,
+            "key_file": KEY_FILE,
+            "dags_dir": DAGS_DIR,
+            "excludes": list(EXCLUDES),
+            "conflict_rule": CONFLICT_RULE,
+        },
+    )
+
+
+def sync_script(peers: list[str]) -> str:
+    """What cron runs every minute: csync2 towards the peers that answer."""
+    return render(
+        "dag_sync/dag-sync.sh.j2",
+        {
+            "peers": peers,
+            "port": CSYNC2_PORT,
+            "probe_timeout": PROBE_TIMEOUT_S,
+            "run_timeout": RUN_TIMEOUT_S,
+            "dags_dir": DAGS_DIR,
+        },
+    )
+
+
 class DagSync(pulumi.ComponentResource):
-    def __init__(
-        self,
-        cfg: ClusterConfig,
-        nodes: list[Node],
-        mesh: VpnMesh,
-        opts: pulumi.ResourceOptions | None = None,
-    ):
-        super().__init__("airflow-ha:dag_sync:DagSync", "dag-sync", None, opts)
+    def __init__(self, name: str, args: DagSyncArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("airflow-ha:dag_sync:DagSync", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
+        self._args = args
         # csync2 -k makes 64 characters; letters and digits are what it accepts.
         self.key: pulumi.Output[str] = pulumi.Output.secret(
             random.RandomPassword("csync2-key", length=64, special=False, opts=child).result
         )
-        names = [n.name for n in cfg.nodes]
-        csync2_cfg = render(
-            "dag_sync/csync2.cfg.j2",
-            {
-                "group": GROUP,
-                "hosts": names,
-                "key_file": KEY_FILE,
-                "dags_dir": DAGS_DIR,
-                "excludes": list(EXCLUDES),
-                "conflict_rule": CONFLICT_RULE,
-            },
-        )
-        self.ready: dict[str, pulumi.Resource] = {}
-        for node in nodes:
-            name = node.spec.name
-            peers = [n for n in names if n != name]
-            self.ready[name] = run_step(
-                "dag-sync",
-                node.access,
-                render(
-                    "dag_sync/csync2.sh.j2",
-                    {
-                        "node": name,
-                        **AIRFLOW_ACCOUNT.context(),
-                        "dags_dir": DAGS_DIR,
-                        "mesh_address": node.spec.mesh_address,
-                        "port": CSYNC2_PORT,
-                        "dropin": SOCKET_DROPIN,
-                        "config": CSYNC2_CFG,
-                    },
-                ),
-                files=[
-                    RemoteFile(CSYNC2_CFG, csync2_cfg),
-                    RemoteFile(
-                        KEY_FILE,
-                        render_output("dag_sync/csync2.key.j2", {"key": self.key}),
-                        mode="0600",
-                    ),
-                    RemoteFile(
-                        SOCKET_DROPIN,
-                        render(
-                            "dag_sync/csync2.socket.conf.j2",
-                            {"mesh_address": node.spec.mesh_address, "port": CSYNC2_PORT},
-                        ),
-                    ),
-                    RemoteFile(
-                        SYNC_SCRIPT,
-                        render(
-                            "dag_sync/dag-sync.sh.j2",
-                            {
-                                "peers": peers,
-                                "port": CSYNC2_PORT,
-                                "probe_timeout": PROBE_TIMEOUT_S,
-                                "run_timeout": RUN_TIMEOUT_S,
-                                "dags_dir": DAGS_DIR,
-                            },
-                        ),
-                        mode="0755",
-                    ),
-                    RemoteFile(CRON_FILE, render("dag_sync/cron.j2", {"script": SYNC_SCRIPT})),
-                ],
-                parent=self,
-                depends_on=[mesh.ready[name]],
-            )
+        config = csync2_cfg([n.spec.name for n in args.nodes])
+        self.ready: dict[str, pulumi.Resource] = {
+            node.spec.name: self._sync(node, config) for node in args.nodes
+        }
         self.register_outputs({"dagsDir": DAGS_DIR, "group": GROUP})
+
+    def _sync(self, node: Node, config: str) -> pulumi.Resource:
+        name, mesh_address = node.spec.name, node.spec.mesh_address
+        peers = [n.spec.name for n in self._args.nodes if n is not node]
+        context = {
+            "node": name,
+            **AIRFLOW_ACCOUNT.context(),
+            "dags_dir": DAGS_DIR,
+            "mesh_address": mesh_address,
+            "port": CSYNC2_PORT,
+            "dropin": SOCKET_DROPIN,
+            "config": CSYNC2_CFG,
+        }
+        socket = render(
+            "dag_sync/csync2.socket.conf.j2", {"mesh_address": mesh_address, "port": CSYNC2_PORT}
+        )
+        return run_step(
+            "dag-sync",
+            node.access,
+            render("dag_sync/csync2.sh.j2", context),
+            files=[
+                RemoteFile(CSYNC2_CFG, config),
+                RemoteFile(
+                    KEY_FILE,
+                    render_output("dag_sync/csync2.key.j2", {"key": self.key}),
+                    mode="0600",
+                ),
+                RemoteFile(SOCKET_DROPIN, socket),
+                RemoteFile(SYNC_SCRIPT, sync_script(peers), mode="0755"),
+                RemoteFile(CRON_FILE, render("dag_sync/cron.j2", {"script": SYNC_SCRIPT})),
+            ],
+            parent=self,
+            depends_on=[self._args.after[name]],
+        )
