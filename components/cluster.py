@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import pulumi
 
-from .airflow import AirflowTier, lock_file
+from .airflow import AirflowArgs, AirflowTier, lock_file
 from .broker import BrokerArgs, BrokerTier
 from .config import ClusterConfig
 from .dag_sync import DagSync, DagSyncArgs
@@ -64,7 +64,21 @@ class AirflowHaCluster(pulumi.ComponentResource):
         )
         self.broker = BrokerTier("broker", broker_args(cfg, self.nodes.nodes, self.mesh), child)
         self.airflow = AirflowTier(
-            cfg, self.nodes.nodes, self.mesh, self.database, self.broker, child
+            "airflow",
+            AirflowArgs(
+                nodes=self.nodes.nodes,
+                after=self.mesh.ready,
+                version=cfg.airflow_version,
+                admin_user=cfg.airflow_admin_user,
+                worker_concurrency=cfg.celery_worker_concurrency,
+                public_ui=cfg.public_ui,
+                database_url=self.database.airflow_db_url,
+                database_port=self.database.primary_port,
+                database_ready=self.database.ready,
+                broker_urls=self.broker.node_broker_urls,
+                broker_ready=self.broker.ready,
+            ),
+            child,
         )
         self.dag_sync = DagSync("dag-sync", DagSyncArgs(self.nodes.nodes, self.mesh.ready), child)
 
