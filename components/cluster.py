@@ -1,8 +1,10 @@
-"""AirflowHaCluster: wires the tiers in dependency order (nodes -> mesh -> tiers -> outputs)."""
+"""AirflowHaCluster: wires the tiers in dependency order (nodes -> mesh -> tiers -> outputs).
+
+Each tier takes its own small args object; the functions below build them from the stack's
+ClusterConfig and from what the tiers before it give (a step per node to wait for, URLs).
+"""
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import pulumi
 
@@ -10,8 +12,9 @@ from .airflow import AirflowArgs, AirflowTier, lock_file
 from .broker import BrokerArgs, BrokerTier
 from .config import ClusterConfig
 from .dag_sync import DagSync, DagSyncArgs
-from .database import DatabaseArgs, DatabaseTier
-from .nodes import Node, Nodes, NodesArgs
+from .database import PATRONI_CONFIG, DatabaseArgs, DatabaseTier
+from .layout import DAGS_DIR
+from .nodes import Nodes, NodesArgs
 from .vpn import VpnArgs, VpnMesh
 
 
@@ -32,57 +35,64 @@ def nodes_args(cfg: ClusterConfig) -> NodesArgs:
     )
 
 
-def broker_args(cfg: ClusterConfig, nodes: Sequence[Node], mesh: VpnMesh) -> BrokerArgs:
+def database_args(cfg: ClusterConfig, nodes: Nodes, mesh: VpnMesh) -> DatabaseArgs:
+    return DatabaseArgs(
+        nodes=nodes.nodes,
+        after=mesh.ready,
+        scope=cluster_name(cfg),
+        postgres_version=cfg.postgres_version,
+        patroni=cfg.patroni,
+        mesh_cidr=cfg.mesh_cidr,
+    )
+
+
+def broker_args(cfg: ClusterConfig, nodes: Nodes, mesh: VpnMesh) -> BrokerArgs:
     return BrokerArgs(
-        nodes=nodes,
+        nodes=nodes.nodes,
         after=mesh.ready,
         cluster_name=cluster_name(cfg),
         consumer_timeout_ms=cfg.rabbitmq_consumer_timeout_ms,
     )
 
 
+def airflow_args(
+    cfg: ClusterConfig, nodes: Nodes, mesh: VpnMesh, database: DatabaseTier, broker: BrokerTier
+) -> AirflowArgs:
+    return AirflowArgs(
+        nodes=nodes.nodes,
+        after=mesh.ready,
+        version=cfg.airflow_version,
+        admin_user=cfg.airflow_admin_user,
+        worker_concurrency=cfg.celery_worker_concurrency,
+        public_ui=cfg.public_ui,
+        database_url=database.airflow_db_url,
+        database_port=database.primary_port,
+        database_ready=database.ready,
+        broker_urls=broker.node_broker_urls,
+        broker_ready=broker.ready,
+    )
+
+
 class AirflowHaCluster(pulumi.ComponentResource):
     def __init__(self, cfg: ClusterConfig, opts: pulumi.ResourceOptions | None = None):
         lock_file(cfg.airflow_version)  # ConfigError before any resource when the lock is missing
-        super().__init__(
-            "airflow-ha:cluster:AirflowHaCluster", f"airflow-ha-{cfg.stack}", None, opts
-        )
+        super().__init__("airflow-ha:cluster:AirflowHaCluster", cluster_name(cfg), None, opts)
         child = pulumi.ResourceOptions(parent=self)
         self.nodes = Nodes("nodes", nodes_args(cfg), child)
         self.mesh = VpnMesh("mesh", VpnArgs(self.nodes.nodes, cfg.mesh_prefix_len), child)
-        self.database = DatabaseTier(
-            "database",
-            DatabaseArgs(
-                nodes=self.nodes.nodes,
-                after=self.mesh.ready,
-                scope=cluster_name(cfg),
-                postgres_version=cfg.postgres_version,
-                patroni=cfg.patroni,
-                mesh_cidr=cfg.mesh_cidr,
-            ),
-            child,
-        )
-        self.broker = BrokerTier("broker", broker_args(cfg, self.nodes.nodes, self.mesh), child)
+        self.database = DatabaseTier("database", database_args(cfg, self.nodes, self.mesh), child)
+        self.broker = BrokerTier("broker", broker_args(cfg, self.nodes, self.mesh), child)
         self.airflow = AirflowTier(
             "airflow",
-            AirflowArgs(
-                nodes=self.nodes.nodes,
-                after=self.mesh.ready,
-                version=cfg.airflow_version,
-                admin_user=cfg.airflow_admin_user,
-                worker_concurrency=cfg.celery_worker_concurrency,
-                public_ui=cfg.public_ui,
-                database_url=self.database.airflow_db_url,
-                database_port=self.database.primary_port,
-                database_ready=self.database.ready,
-                broker_urls=self.broker.node_broker_urls,
-                broker_ready=self.broker.ready,
-            ),
+            airflow_args(cfg, self.nodes, self.mesh, self.database, self.broker),
             child,
         )
         self.dag_sync = DagSync("dag-sync", DagSyncArgs(self.nodes.nodes, self.mesh.ready), child)
+        self.outputs: dict[str, pulumi.Input] = self._outputs()
+        self.register_outputs(self.outputs)
 
-        self.outputs: dict[str, pulumi.Input] = {
+    def _outputs(self) -> dict[str, pulumi.Input]:
+        return {
             "nodes": {
                 node.spec.name: {
                     "cloud": node.spec.cloud,
@@ -104,16 +114,15 @@ class AirflowHaCluster(pulumi.ComponentResource):
             "brokerManagementTunnel": self.broker.management_tunnel,
             # HAProxy's stats page listens on each node's mesh address: reach it through SSH.
             "databaseStatsTunnel": self.database.stats_tunnels,
-            "patronictl": "patronictl -c /etc/patroni/config.yml list  # on any node, as root",
+            "patronictl": f"patronictl -c {PATRONI_CONFIG} list  # on any node, as root",
             "airflow": {
                 "uiUrls": self.airflow.ui_urls,
                 "uiTunnels": self.airflow.ui_tunnels,
                 "flowerTunnel": self.airflow.flower_tunnel,
                 "adminUser": self.airflow.admin_user,
-                "shipDags": "copy DAG files into /opt/airflow/dags on any node; csync2 copies them "
+                "shipDags": f"copy DAG files into {DAGS_DIR} on any node; csync2 copies them "
                 "to the others within a minute",
             },
             # Secret, so on its own: `pulumi stack output airflowAdminPassword --show-secrets`.
             "airflowAdminPassword": self.airflow.admin_password,
         }
-        self.register_outputs(self.outputs)

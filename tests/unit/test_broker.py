@@ -231,7 +231,7 @@ def _build_tier(values, stack: str) -> tuple[Engine, dict]:
     def program():
         nodes = Nodes("nodes", nodes_args(cfg))
         mesh = VpnMesh("mesh", VpnArgs(nodes.nodes, cfg.mesh_prefix_len))
-        tier = broker.BrokerTier("broker", broker_args(cfg, nodes.nodes, mesh))
+        tier = broker.BrokerTier("broker", broker_args(cfg, nodes, mesh))
 
         async def gather() -> None:
             for attr in ("broker_url", "password", "management_tunnel"):
