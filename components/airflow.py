@@ -29,7 +29,7 @@ import base64
 import binascii
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +40,7 @@ from .config import ConfigError, NodeSpec
 from .layout import AIRFLOW_ACCOUNT, AIRFLOW_HOME, AIRFLOW_USER, DAGS_DIR, UI_PORT
 from .nodes import Node
 from .remote import TEMPLATES_DIR, RemoteFile, render, render_output, run_step
+from .tier import TierArgs, generated_password
 
 PYTHON_TAG = "py313"  # Debian 13's python3
 VENV = f"{AIRFLOW_HOME}/venv"
@@ -320,13 +321,11 @@ def fernet_key(random_base64: str) -> str:
 
 
 @dataclass(frozen=True)
-class AirflowArgs:
-    """What the Airflow tier needs: its nodes (ordered by meshIndex), per node the step its
-    install waits for (the mesh), the stack's settings, and per node what the database and
-    broker tiers give it: the URLs it connects with and the steps after which they are ready."""
+class AirflowArgs(TierArgs):
+    """The Airflow tier's nodes, the stack's settings for it, and per node what the database
+    and broker tiers give it: the URLs it connects with and the steps after which they are
+    ready there."""
 
-    nodes: Sequence[Node]
-    after: Mapping[str, pulumi.Resource]
     version: str
     admin_user: str
     worker_concurrency: int
@@ -349,17 +348,14 @@ class Secrets:
 
     @staticmethod
     def generate(parent: pulumi.Resource) -> Secrets:
-        child = pulumi.ResourceOptions(parent=parent)
-
-        def password(name: str, length: int) -> pulumi.Output[str]:
-            return random.RandomPassword(name, length=length, special=False, opts=child).result
-
-        fernet = random.RandomBytes("airflow-fernet-key", length=32, opts=child)
+        fernet = random.RandomBytes(
+            "airflow-fernet-key", length=32, opts=pulumi.ResourceOptions(parent=parent)
+        )
         return Secrets(
             fernet_key=pulumi.Output.secret(fernet.base64.apply(fernet_key)),
-            api_secret_key=password("airflow-api-secret-key", 48),
-            jwt_secret=password("airflow-jwt-secret", 64),
-            admin_password=password("airflow-admin-password", 24),
+            api_secret_key=generated_password("airflow-api-secret-key", 48, parent),
+            jwt_secret=generated_password("airflow-jwt-secret", 64, parent),
+            admin_password=generated_password("airflow-admin-password", 24, parent),
         )
 
 

@@ -14,16 +14,15 @@ every node checks it is ready. Later tiers use `broker_url` (a secret Celery fai
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote
 
 import pulumi
-import pulumi_random as random
 
 from .config import NodeSpec
 from .nodes import Node
 from .remote import RemoteFile, render, render_output, run_step
+from .tier import TierArgs, generated_password
 
 AMQP_PORT = 5672
 DIST_PORT = 25672
@@ -80,12 +79,9 @@ def local_first(nodes: list[str], node: str) -> list[str]:
 
 
 @dataclass(frozen=True)
-class BrokerArgs:
-    """What the broker tier needs: its nodes (ordered by meshIndex), per node the step its
-    first step waits for (the mesh), and the stack's settings."""
+class BrokerArgs(TierArgs):
+    """The broker tier's nodes and the stack's settings for it."""
 
-    nodes: Sequence[Node]
-    after: Mapping[str, pulumi.Resource]
     cluster_name: str  # RabbitMQ's cluster name: one per stack
     consumer_timeout_ms: int
 
@@ -137,16 +133,10 @@ def check_patterns(mesh_address: str) -> dict[str, str]:
 class BrokerTier(pulumi.ComponentResource):
     def __init__(self, name: str, args: BrokerArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("airflow-ha:broker:BrokerTier", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
         self._args = args
-        # Generated once, kept in the stack's state, secret end to end. The cookie is at most
-        # 255 characters of letters and digits (an Erlang atom).
-        self._cookie = random.RandomPassword(
-            "rabbitmq-erlang-cookie", length=48, special=False, opts=child
-        ).result
-        password = random.RandomPassword(
-            "rabbitmq-airflow-password", length=32, special=False, opts=child
-        ).result
+        # The cookie is at most 255 characters of letters and digits (an Erlang atom).
+        self._cookie = generated_password("rabbitmq-erlang-cookie", 48, self)
+        password = generated_password("rabbitmq-airflow-password", 32, self)
         names = [n.spec.name for n in args.nodes]
         self._running = "\n".join(sorted(node_name(n) for n in names))
 

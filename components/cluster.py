@@ -15,6 +15,7 @@ from .dag_sync import DagSync, DagSyncArgs
 from .database import PATRONI_CONFIG, DatabaseArgs, DatabaseTier
 from .layout import DAGS_DIR
 from .nodes import Nodes, NodesArgs
+from .tier import TierArgs
 from .vpn import VpnArgs, VpnMesh
 
 
@@ -35,10 +36,10 @@ def nodes_args(cfg: ClusterConfig) -> NodesArgs:
     )
 
 
-def database_args(cfg: ClusterConfig, nodes: Nodes, mesh: VpnMesh) -> DatabaseArgs:
+def database_args(cfg: ClusterConfig, on: TierArgs) -> DatabaseArgs:
     return DatabaseArgs(
-        nodes=nodes.nodes,
-        after=mesh.ready,
+        on.nodes,
+        on.after,
         scope=cluster_name(cfg),
         postgres_version=cfg.postgres_version,
         patroni=cfg.patroni,
@@ -46,21 +47,21 @@ def database_args(cfg: ClusterConfig, nodes: Nodes, mesh: VpnMesh) -> DatabaseAr
     )
 
 
-def broker_args(cfg: ClusterConfig, nodes: Nodes, mesh: VpnMesh) -> BrokerArgs:
+def broker_args(cfg: ClusterConfig, on: TierArgs) -> BrokerArgs:
     return BrokerArgs(
-        nodes=nodes.nodes,
-        after=mesh.ready,
+        on.nodes,
+        on.after,
         cluster_name=cluster_name(cfg),
         consumer_timeout_ms=cfg.rabbitmq_consumer_timeout_ms,
     )
 
 
 def airflow_args(
-    cfg: ClusterConfig, nodes: Nodes, mesh: VpnMesh, database: DatabaseTier, broker: BrokerTier
+    cfg: ClusterConfig, on: TierArgs, database: DatabaseTier, broker: BrokerTier
 ) -> AirflowArgs:
     return AirflowArgs(
-        nodes=nodes.nodes,
-        after=mesh.ready,
+        on.nodes,
+        on.after,
         version=cfg.airflow_version,
         admin_user=cfg.airflow_admin_user,
         worker_concurrency=cfg.celery_worker_concurrency,
@@ -80,14 +81,14 @@ class AirflowHaCluster(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         self.nodes = Nodes("nodes", nodes_args(cfg), child)
         self.mesh = VpnMesh("mesh", VpnArgs(self.nodes.nodes, cfg.mesh_prefix_len), child)
-        self.database = DatabaseTier("database", database_args(cfg, self.nodes, self.mesh), child)
-        self.broker = BrokerTier("broker", broker_args(cfg, self.nodes, self.mesh), child)
+        # Every tier runs on every node, each node's part once that node's mesh is ready.
+        on_mesh = TierArgs(self.nodes.nodes, self.mesh.ready)
+        self.database = DatabaseTier("database", database_args(cfg, on_mesh), child)
+        self.broker = BrokerTier("broker", broker_args(cfg, on_mesh), child)
         self.airflow = AirflowTier(
-            "airflow",
-            airflow_args(cfg, self.nodes, self.mesh, self.database, self.broker),
-            child,
+            "airflow", airflow_args(cfg, on_mesh, self.database, self.broker), child
         )
-        self.dag_sync = DagSync("dag-sync", DagSyncArgs(self.nodes.nodes, self.mesh.ready), child)
+        self.dag_sync = DagSync("dag-sync", DagSyncArgs(on_mesh.nodes, on_mesh.after), child)
         self.outputs: dict[str, pulumi.Input] = self._outputs()
         self.register_outputs(self.outputs)
 

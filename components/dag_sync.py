@@ -22,15 +22,14 @@ file on any node deletes it everywhere.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import pulumi
-import pulumi_random as random
 
 from .layout import AIRFLOW_ACCOUNT, DAGS_DIR
 from .nodes import Node
 from .remote import RemoteFile, render, render_output, run_step
+from .tier import TierArgs, generated_password
 
 CSYNC2_PORT = 30865
 GROUP = "airflow_dags"
@@ -47,12 +46,8 @@ EXCLUDES = ("*~", ".*.swp", "*.pyc", "__pycache__")
 
 
 @dataclass(frozen=True)
-class DagSyncArgs:
-    """The nodes to keep the DAG folder equal on (ordered by meshIndex) and, per node, the step
-    its sync step waits for (the mesh)."""
-
-    nodes: Sequence[Node]
-    after: Mapping[str, pulumi.Resource]
+class DagSyncArgs(TierArgs):
+    """The nodes to keep the DAG folder equal on: DAG sync takes no settings of its own."""
 
 
 def csync2_cfg(hosts: list[str]) -> str:
@@ -70,28 +65,13 @@ def csync2_cfg(hosts: list[str]) -> str:
     )
 
 
-def sync_script(peers: list[str]) -> str:
-    """What cron runs every minute: csync2 towards the peers that answer."""
-    return render(
-        "dag_sync/dag-sync.sh.j2",
-        {
-            "peers": peers,
-            "port": CSYNC2_PORT,
-            "probe_timeout": PROBE_TIMEOUT_S,
-            "run_timeout": RUN_TIMEOUT_S,
-            "dags_dir": DAGS_DIR,
-        },
-    )
-
-
 class DagSync(pulumi.ComponentResource):
     def __init__(self, name: str, args: DagSyncArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("airflow-ha:dag_sync:DagSync", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
         self._args = args
         # csync2 -k makes 64 characters; letters and digits are what it accepts.
         self.key: pulumi.Output[str] = pulumi.Output.secret(
-            random.RandomPassword("csync2-key", length=64, special=False, opts=child).result
+            generated_password("csync2-key", 64, self)
         )
         config = csync2_cfg([n.spec.name for n in args.nodes])
         self.ready: dict[str, pulumi.Resource] = {
@@ -101,7 +81,14 @@ class DagSync(pulumi.ComponentResource):
 
     def _sync(self, node: Node, config: str) -> pulumi.Resource:
         name, mesh_address = node.spec.name, node.spec.mesh_address
-        peers = [n.spec.name for n in self._args.nodes if n is not node]
+        # What cron runs every minute: csync2 towards the peers that answer.
+        sync = {
+            "peers": [n.spec.name for n in self._args.nodes if n is not node],
+            "port": CSYNC2_PORT,
+            "probe_timeout": PROBE_TIMEOUT_S,
+            "run_timeout": RUN_TIMEOUT_S,
+            "dags_dir": DAGS_DIR,
+        }
         context = {
             "node": name,
             **AIRFLOW_ACCOUNT.context(),
@@ -126,7 +113,7 @@ class DagSync(pulumi.ComponentResource):
                     mode="0600",
                 ),
                 RemoteFile(SOCKET_DROPIN, socket),
-                RemoteFile(SYNC_SCRIPT, sync_script(peers), mode="0755"),
+                RemoteFile(SYNC_SCRIPT, render("dag_sync/dag-sync.sh.j2", sync), mode="0755"),
                 RemoteFile(CRON_FILE, render("dag_sync/cron.j2", {"script": SYNC_SCRIPT})),
             ],
             parent=self,

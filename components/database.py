@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import pulumi
-import pulumi_random as random
 
 from .config import NodeSpec, PatroniSettings
 from .nodes import Node
 from .remote import RemoteFile, render, render_output, run_step
+from .tier import TierArgs, generated_password
 
 ETCD_CLIENT_PORT = 2379
 ETCD_PEER_PORT = 2380
@@ -87,42 +87,23 @@ POSTGRES_PARAMETERS = {
 
 
 @dataclass(frozen=True)
-class DatabaseArgs:
-    """What the database tier needs: its nodes (ordered by meshIndex), per node the step its
-    first step waits for (the mesh), and the stack's settings."""
+class DatabaseArgs(TierArgs):
+    """The database tier's nodes and the stack's settings for it."""
 
-    nodes: Sequence[Node]
-    after: Mapping[str, pulumi.Resource]
     scope: str  # Patroni's scope and etcd's cluster token: one per stack
     postgres_version: int
     patroni: PatroniSettings
     mesh_cidr: str
 
 
-@dataclass(frozen=True)
-class Passwords:
-    """Generated once with pulumi_random, kept in the stack's state, secret end to end."""
-
-    superuser: pulumi.Output[str]
-    replication: pulumi.Output[str]
-    rewind: pulumi.Output[str]
-    rest: pulumi.Output[str]
-    airflow: pulumi.Output[str]
-
-    @staticmethod
-    def generate(parent: pulumi.Resource) -> Passwords:
-        def password(name: str) -> pulumi.Output[str]:
-            return random.RandomPassword(
-                name, length=32, special=False, opts=pulumi.ResourceOptions(parent=parent)
-            ).result
-
-        return Passwords(
-            superuser=password("postgres-superuser-password"),
-            replication=password("postgres-replication-password"),
-            rewind=password("postgres-rewind-password"),
-            rest=password("patroni-rest-password"),
-            airflow=password("airflow-db-password"),
-        )
+# The tier's generated passwords: what each is for -> its resource name.
+PASSWORDS = {
+    "superuser": "postgres-superuser-password",
+    "replication": "postgres-replication-password",
+    "rewind": "postgres-rewind-password",
+    "rest": "patroni-rest-password",
+    "airflow": "airflow-db-password",
+}
 
 
 def packages_for(postgres_version: int) -> list[str]:
@@ -219,7 +200,9 @@ def etcd_context(scope: str, spec: NodeSpec, members: list[dict[str, str]]) -> d
     }
 
 
-def patroni_context(args: DatabaseArgs, spec: NodeSpec, passwords: Passwords) -> dict[str, Any]:
+def patroni_context(
+    args: DatabaseArgs, spec: NodeSpec, passwords: Mapping[str, pulumi.Output[str]]
+) -> dict[str, Any]:
     """What the node's Patroni config is rendered from: plain values plus secret Outputs."""
     pg = args.postgres_version
     return {
@@ -240,13 +223,7 @@ def patroni_context(args: DatabaseArgs, spec: NodeSpec, passwords: Passwords) ->
             "rewind": REWIND_USER,
             "rest": REST_USER,
         },
-        "passwords": {
-            "superuser": passwords.superuser,
-            "replication": passwords.replication,
-            "rewind": passwords.rewind,
-            "rest": passwords.rest,
-            "airflow": passwords.airflow,
-        },
+        "passwords": passwords,
     }
 
 
@@ -255,16 +232,18 @@ class DatabaseTier(pulumi.ComponentResource):
         super().__init__("airflow-ha:database:DatabaseTier", name, None, opts)
         self._args = args
         self.scope = args.scope
-        self._passwords = Passwords.generate(self)
+        self._passwords = {
+            role: generated_password(name, 32, self) for role, name in PASSWORDS.items()
+        }
         self.airflow_db_password: pulumi.Output[str] = pulumi.Output.secret(
-            self._passwords.airflow
+            self._passwords["airflow"]
         )
         # Where this tier's clients reach the primary on every node (Airflow's start gate).
         self.primary_port = HAPROXY_PRIMARY_PORT
         self.airflow_db_url: pulumi.Output[str] = pulumi.Output.secret(
             pulumi.Output.concat(
                 f"postgresql+psycopg2://{AIRFLOW_USER}:",
-                self._passwords.airflow,
+                self._passwords["airflow"],
                 f"@127.0.0.1:{HAPROXY_PRIMARY_PORT}/{AIRFLOW_DB}?connect_timeout={DB_CONNECT_TIMEOUT_S}",
             )
         )
@@ -375,7 +354,7 @@ class DatabaseTier(pulumi.ComponentResource):
             "settings": [arg for k, v in dynamic.items() for arg in ("-s", f"{k}={v}")],
             "user": AIRFLOW_USER,
             "database": AIRFLOW_DB,
-            "password": self._passwords.airflow,
+            "password": self._passwords["airflow"],
             "haproxy_port": HAPROXY_PRIMARY_PORT,
         }
         return run_step(

@@ -221,6 +221,7 @@ def _build_tier(values, stack: str) -> tuple[Engine, dict]:
     """Build nodes, mesh and the broker tier alone; return its outputs with their secretness."""
     from components.cluster import broker_args, nodes_args
     from components.nodes import Nodes
+    from components.tier import TierArgs
     from components.vpn import VpnArgs, VpnMesh
 
     cfg = parse_config(values(stack), stack=stack)
@@ -231,7 +232,7 @@ def _build_tier(values, stack: str) -> tuple[Engine, dict]:
     def program():
         nodes = Nodes("nodes", nodes_args(cfg))
         mesh = VpnMesh("mesh", VpnArgs(nodes.nodes, cfg.mesh_prefix_len))
-        tier = broker.BrokerTier("broker", broker_args(cfg, nodes, mesh))
+        tier = broker.BrokerTier("broker", broker_args(cfg, TierArgs(nodes.nodes, mesh.ready)))
 
         async def gather() -> None:
             for attr in ("broker_url", "password", "management_tunnel"):
