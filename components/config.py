@@ -17,13 +17,12 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import pulumi
 
 from . import config_schema as schema
 from .config_schema import NAMESPACE, ConfigError
-from .layout import WIREGUARD_PORT
 
 __all__ = ["NAMESPACE", "ClusterConfig", "ConfigError", "NodeSpec", "PatroniSettings"]
 
@@ -82,7 +81,6 @@ class ClusterConfig:
     rabbitmq_consumer_timeout_ms: int
     airflow_admin_user: str
     celery_worker_concurrency: int
-    wireguard_port: ClassVar[int] = WIREGUARD_PORT  # a constant of the program, not a key
 
     @property
     def mesh_prefix_len(self) -> int:
