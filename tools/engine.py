@@ -28,6 +28,7 @@ from components.config_schema import describe
 REPO = Path(__file__).resolve().parent.parent
 STACKS_DIR = REPO / "stacks"
 SECRET_CONFIG_KEYS = ("sshPrivateKey",)
+COMMAND = "command:remote:Command"  # a step
 STEP_HEADER = re.compile(r'^# airflow-ha step "(?P<step>[^"]+)" on node (?P<node>\S+)', re.M)
 PRINTS = re.compile(r"^# prints: (?P<keys>.+?) \(as key=value lines\)$", re.M)
 FILE_BLOCK = re.compile(
@@ -227,7 +228,7 @@ class Engine(pulumi_mocks.Mocks):
         outputs = dict(args.inputs)  # secrets stay wrapped, so outputs stay secret
         inputs, secret_paths = unwrap_secrets(dict(args.inputs))
         typ = args.typ
-        if typ == "command:remote:Command":
+        if typ == COMMAND:
             outputs.update(self.run_command(args.name, inputs))
         elif typ == "random:index/randomPassword:RandomPassword":
             outputs["result"] = rpc.wrap_rpc_secret(
@@ -257,7 +258,17 @@ class Engine(pulumi_mocks.Mocks):
         return [r for r in sorted(self.resources, key=lambda r: r.order) if r.type == typ]
 
     def steps(self) -> list[Step]:
-        return [parse_step(r.inputs["stdin"]) for r in self.of_type("command:remote:Command")]
+        return [parse_step(r.inputs["stdin"]) for r in self.of_type(COMMAND)]
+
+    def waits_for(self, name: str, typ: str = COMMAND) -> set[str]:
+        """The names of the steps a resource (a step unless `typ` says otherwise) waits for
+        directly: those in its depends_on and those whose outputs its inputs read."""
+        prefix = f"{COMMAND}::"
+        return {
+            key.removeprefix(prefix)
+            for key in self.dependencies[(typ, name)]
+            if key.startswith(prefix)
+        }
 
 
 def config_for_engine(

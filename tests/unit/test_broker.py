@@ -167,17 +167,6 @@ def test_first_configuration_resets_only_a_node_without_the_marker(local) -> Non
         assert step.prints == ["rabbitmqNode"]
 
 
-def test_cluster_steps_wait_for_every_install(local) -> None:
-    engine, _ = local
-    assert _steps(engine, "rabbitmq-install") and _steps(engine, "rabbitmq-cluster")
-    order = {r.name: r.order for r in engine.of_type("command:remote:Command")}
-    last_install = max(order[f"{n}-rabbitmq-install"] for n in NODES)
-    first_cluster = min(order[f"{n}-rabbitmq-cluster"] for n in NODES)
-    assert first_cluster > last_install
-    assert order["node-a-rabbitmq-users"] > max(order[f"{n}-rabbitmq-cluster"] for n in NODES)
-    assert min(order[f"{n}-rabbitmq-check"] for n in NODES) > order["node-a-rabbitmq-users"]
-
-
 def test_check_step_rejects_listeners_beyond_mesh_and_loopback(local) -> None:
     engine, outputs = local
     mesh = _mesh(outputs)

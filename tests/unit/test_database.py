@@ -45,20 +45,6 @@ def local(values, deploy):
     return engine, outputs, mesh
 
 
-def test_every_node_runs_the_steps_in_dependency_order(local) -> None:
-    engine, _, mesh = local
-    order = {}
-    for r in engine.of_type("command:remote:Command"):
-        node, _, step = r.name.partition("-")[2].partition("-")
-        order.setdefault(f"node-{node}", []).append(step)
-    for node in mesh:
-        steps = [s for s in order[node] if s in DB_STEPS]
-        assert sorted(steps) == sorted(DB_STEPS)
-        assert steps.index("database-packages") < steps.index("etcd") < steps.index("patroni")
-        assert steps.index("patroni") < steps.index("airflow-db")
-        assert steps.index("haproxy") < steps.index("airflow-db")
-
-
 def test_etcd_is_a_static_cluster_of_all_nodes_on_the_mesh(local) -> None:
     engine, _, mesh = local
     for node, step in _steps(engine, "etcd").items():
