@@ -2,7 +2,7 @@
 STACK ?= dev
 PY := .venv/bin/python
 
-.PHONY: help setup lock test render config-doc local-up local-down test-cluster test-drills
+.PHONY: help setup lock test render golden config-doc local-up local-down test-cluster test-drills
 
 help:
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
@@ -19,6 +19,9 @@ test: ## lint and the offline tests (mocks, rendered files checked by real tools
 
 render: ## write what every node of STACK would get into out/STACK (no cloud, no CLI)
 	$(PY) -m tools.render --stack $(STACK) --out out/$(STACK)
+
+golden: ## write the render snapshots of every stack into tests/golden (review the git diff)
+	$(PY) -m tools.render --all-stacks --golden --out tests/golden
 
 config-doc: ## regenerate README.md's stack config tables from components/config_schema.py
 	$(PY) -m tools.config_doc --write

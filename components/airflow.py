@@ -29,25 +29,21 @@ import base64
 import binascii
 import hashlib
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import pulumi
 import pulumi_random as random
 
-from .broker import BrokerTier
-from .config import ClusterConfig, ConfigError
-from .database import DatabaseTier
-from .nodes import UI_PORT, Node
+from .config import ConfigError, NodeSpec
+from .layout import AIRFLOW_ACCOUNT, AIRFLOW_HOME, AIRFLOW_USER, DAGS_DIR, UI_PORT
+from .nodes import Node
 from .remote import TEMPLATES_DIR, RemoteFile, render, render_output, run_step
-from .vpn import VpnMesh
+from .tier import TierArgs, generated_password
 
 PYTHON_TAG = "py313"  # Debian 13's python3
-AIRFLOW_USER = "airflow"
-# A fixed uid/gid on every node: csync2 carries numeric owners of DAG files between nodes.
-AIRFLOW_UID = 50000
-AIRFLOW_HOME = "/opt/airflow"
 VENV = f"{AIRFLOW_HOME}/venv"
-DAGS_DIR = f"{AIRFLOW_HOME}/dags"
 LOGS_DIR = f"{AIRFLOW_HOME}/logs"
 PLUGINS_DIR = f"{AIRFLOW_HOME}/plugins"
 CONFIG_DIR = "/etc/airflow"
@@ -200,7 +196,7 @@ def celery_extra_config() -> dict:
     }
 
 
-def services(cfg: ClusterConfig, node: str) -> dict[str, dict]:
+def services(node: str) -> dict[str, dict]:
     """The six units of a node: name -> what the unit template needs."""
     base = f"{VENV}/bin/airflow"
     units = {
@@ -247,9 +243,9 @@ def services(cfg: ClusterConfig, node: str) -> dict[str, dict]:
     return units
 
 
-def unit_files(cfg: ClusterConfig, node: str) -> list[RemoteFile]:
+def unit_files(node: str) -> list[RemoteFile]:
     files = []
-    for name, unit in services(cfg, node).items():
+    for name, unit in services(node).items():
         context = {
             **unit,
             "user": AIRFLOW_USER,
@@ -324,17 +320,51 @@ def fernet_key(random_base64: str) -> str:
     return base64.urlsafe_b64encode(raw).decode()
 
 
-def cfg_context(
-    cfg: ClusterConfig,
-    node: str,
-    secrets: dict[str, pulumi.Output[str]],
-    database_url: pulumi.Output[str],
-    broker_url: pulumi.Output[str],
-) -> dict:
+@dataclass(frozen=True)
+class AirflowArgs(TierArgs):
+    """The Airflow tier's nodes, the stack's settings for it, and per node what the database
+    and broker tiers give it: the URLs it connects with and the steps after which they are
+    ready there."""
+
+    version: str
+    admin_user: str
+    worker_concurrency: int
+    public_ui: bool
+    database_url: pulumi.Output[str]  # secret; through the node's own HAProxy
+    database_port: int  # that HAProxy's port to the primary (the scheduling units' gate)
+    database_ready: Mapping[str, pulumi.Resource]
+    broker_urls: Mapping[str, pulumi.Output[str]]  # secret; each node's own broker first
+    broker_ready: Mapping[str, pulumi.Resource]
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """Equal on every node: generated once with pulumi_random, secret end to end."""
+
+    fernet_key: pulumi.Output[str]
+    api_secret_key: pulumi.Output[str]
+    jwt_secret: pulumi.Output[str]
+    admin_password: pulumi.Output[str]
+
+    @staticmethod
+    def generate(parent: pulumi.Resource) -> Secrets:
+        fernet = random.RandomBytes(
+            "airflow-fernet-key", length=32, opts=pulumi.ResourceOptions(parent=parent)
+        )
+        return Secrets(
+            fernet_key=pulumi.Output.secret(fernet.base64.apply(fernet_key)),
+            api_secret_key=generated_password("airflow-api-secret-key", 48, parent),
+            jwt_secret=generated_password("airflow-jwt-secret", 64, parent),
+            admin_password=generated_password("airflow-admin-password", 24, parent),
+        )
+
+
+def cfg_context(args: AirflowArgs, spec: NodeSpec, secrets: Secrets) -> dict:
     """What airflow.cfg is rendered from: plain values plus secret Outputs."""
-    mesh = cfg.node(node).mesh_address
+    mesh = spec.mesh_address
+    database_url = args.database_url
     return {
-        "node": node,
+        "node": spec.name,
         "mesh_address": mesh,
         "home": AIRFLOW_HOME,
         "dags_dir": DAGS_DIR,
@@ -347,7 +377,7 @@ def cfg_context(
         "flower_port": FLOWER_PORT,
         "worker_log_port": WORKER_LOG_PORT,
         "triggerer_log_port": TRIGGERER_LOG_PORT,
-        "worker_concurrency": cfg.celery_worker_concurrency,
+        "worker_concurrency": args.worker_concurrency,
         "execution_api_timeout": EXECUTION_API_TIMEOUT_S,
         "execution_api_retries": EXECUTION_API_RETRIES,
         "execution_api_retry_wait_min": EXECUTION_API_RETRY_WAIT_MIN_S,
@@ -361,241 +391,218 @@ def cfg_context(
         "extra_celery_config": json.dumps(celery_extra_config(), sort_keys=True),
         "database_url": database_url,
         "result_backend": pulumi.Output.from_input(database_url).apply(lambda url: f"db+{url}"),
-        "broker_url": broker_url,
-        "flower_basic_auth": pulumi.Output.concat(
-            cfg.airflow_admin_user, ":", secrets["admin_password"]
-        ),
-        "fernet_key": secrets["fernet_key"],
-        "api_secret_key": secrets["api_secret_key"],
-        "jwt_secret": secrets["jwt_secret"],
+        "broker_url": args.broker_urls[spec.name],
+        "flower_basic_auth": pulumi.Output.concat(args.admin_user, ":", secrets.admin_password),
+        "fernet_key": secrets.fernet_key,
+        "api_secret_key": secrets.api_secret_key,
+        "jwt_secret": secrets.jwt_secret,
     }
 
 
+def config_files(args: AirflowArgs, spec: NodeSpec, secrets: Secrets) -> list[RemoteFile]:
+    """Everything the units run with: airflow.cfg, the env file, the log servers' firewall,
+    the units, the gates, the watchdog and (publicUi) the TLS front."""
+    owned = {"mode": "0640", "owner": f"root:{AIRFLOW_USER}"}
+    env = {"home": AIRFLOW_HOME, "config": AIRFLOW_CFG, "venv": VENV}
+    rules = {"ports": [WORKER_LOG_PORT, TRIGGERER_LOG_PORT], "mesh_interface": MESH_INTERFACE}
+    files = [
+        RemoteFile(
+            AIRFLOW_CFG,
+            render_output("airflow/airflow.cfg.j2", cfg_context(args, spec, secrets)),
+            **owned,
+        ),
+        RemoteFile(AIRFLOW_ENV, render("airflow/airflow.env.j2", env), **owned),
+        RemoteFile(LOG_FIREWALL, render("airflow/log-servers.nft.j2", rules)),
+        RemoteFile(
+            f"{UNIT_DIR}/airflow-log-firewall.service",
+            render("airflow/log-firewall.service.j2", {"rules": LOG_FIREWALL}),
+        ),
+        *unit_files(spec.name),
+        *gate_files(spec.mesh_address, args.database_port),
+        *watchdog_files(),
+    ]
+    if args.public_ui:
+        files.append(ui_tls_file(spec.mesh_address))
+    return files
+
+
+def ui_tls_file(mesh_address: str) -> RemoteFile:
+    context = {
+        "port": UI_PORT,
+        "mesh_address": mesh_address,
+        "api_port": API_PORT,
+        "cert": f"{CONFIG_DIR}/ui-tls.crt",
+        "key": f"{CONFIG_DIR}/ui-tls.key",
+    }
+    return RemoteFile(
+        f"{UNIT_DIR}/{UI_TLS_UNIT}.service", render("airflow/ui-tls.service.j2", context)
+    )
+
+
 class AirflowTier(pulumi.ComponentResource):
-    def __init__(
-        self,
-        cfg: ClusterConfig,
-        nodes: list[Node],
-        mesh: VpnMesh,
-        database: DatabaseTier,
-        broker: BrokerTier,
-        opts: pulumi.ResourceOptions | None = None,
-    ):
-        lock = lock_file(cfg.airflow_version)  # a missing lock fails before any resource
-        super().__init__("airflow-ha:airflow:AirflowTier", "airflow", None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+    def __init__(self, name: str, args: AirflowArgs, opts: pulumi.ResourceOptions | None = None):
+        lock = lock_file(args.version)  # a missing lock fails before any resource
+        super().__init__("airflow-ha:airflow:AirflowTier", name, None, opts)
+        self._args = args
+        self._lock_text = lock.read_text()
+        self._lock_path = f"{AIRFLOW_HOME}/requirements-{args.version}-{PYTHON_TAG}.txt"
+        self._secrets = Secrets.generate(self)
+        self.fernet_key: pulumi.Output[str] = self._secrets.fernet_key
+        self.jwt_secret: pulumi.Output[str] = pulumi.Output.secret(self._secrets.jwt_secret)
+        self.admin_user = args.admin_user
+        self.admin_password: pulumi.Output[str] = pulumi.Output.secret(
+            self._secrets.admin_password
+        )
+        self._unit_names = [
+            *services(args.nodes[0].spec.name),
+            *([UI_TLS_UNIT] if args.public_ui else []),
+        ]
 
-        fernet = random.RandomBytes("airflow-fernet-key", length=32, opts=child)
-        secrets = {
-            "fernet_key": pulumi.Output.secret(fernet.base64.apply(fernet_key)),
-            "api_secret_key": random.RandomPassword(
-                "airflow-api-secret-key", length=48, special=False, opts=child
-            ).result,
-            "jwt_secret": random.RandomPassword(
-                "airflow-jwt-secret", length=64, special=False, opts=child
-            ).result,
-            "admin_password": random.RandomPassword(
-                "airflow-admin-password", length=24, special=False, opts=child
-            ).result,
-        }
-        self.fernet_key: pulumi.Output[str] = secrets["fernet_key"]
-        self.jwt_secret: pulumi.Output[str] = pulumi.Output.secret(secrets["jwt_secret"])
-        self.admin_user = cfg.airflow_admin_user
-        self.admin_password: pulumi.Output[str] = pulumi.Output.secret(secrets["admin_password"])
-
-        lock_text = lock.read_text()
-        lock_path = f"{AIRFLOW_HOME}/requirements-{cfg.airflow_version}-{PYTHON_TAG}.txt"
-        account = {"user": AIRFLOW_USER, "uid": AIRFLOW_UID, "home": AIRFLOW_HOME}
-
-        unit_names = [*services(cfg, nodes[0].spec.name), *([UI_TLS_UNIT] if cfg.public_ui else [])]
         configured: dict[str, pulumi.Resource] = {}
         digests: dict[str, pulumi.Output[str]] = {}
-        for node in nodes:
-            name = node.spec.name
-            installed = run_step(
-                "airflow-install",
-                node.access,
-                render(
-                    "airflow/install.sh.j2",
-                    {
-                        "node": name,
-                        "version": cfg.airflow_version,
-                        "venv": VENV,
-                        "lock": lock_path,
-                        "dirs": [DAGS_DIR, LOGS_DIR, PLUGINS_DIR],
-                        "marker": RESTART_MARKER,
-                        **account,
-                    },
-                ),
-                files=[
-                    RemoteFile(lock_path, lock_text),
-                    RemoteFile(
-                        CLI_WRAPPER,
-                        render(
-                            "airflow/airflow-cli.sh.j2",
-                            {
-                                "env_file": AIRFLOW_ENV,
-                                "venv": VENV,
-                                "user": AIRFLOW_USER,
-                                "home": AIRFLOW_HOME,
-                            },
-                        ),
-                        mode="0755",
-                    ),
-                ],
-                parent=self,
-                depends_on=[mesh.ready[name]],
-                timeout_minutes=30,
-            )
-            files = [
-                RemoteFile(
-                    AIRFLOW_CFG,
-                    render_output(
-                        "airflow/airflow.cfg.j2",
-                        cfg_context(
-                            cfg, name, secrets, database.airflow_db_url,
-                            broker.node_broker_urls[name],
-                        ),
-                    ),
-                    mode="0640",
-                    owner=f"root:{AIRFLOW_USER}",
-                ),
-                RemoteFile(
-                    AIRFLOW_ENV,
-                    render(
-                        "airflow/airflow.env.j2",
-                        {"home": AIRFLOW_HOME, "config": AIRFLOW_CFG, "venv": VENV},
-                    ),
-                    mode="0640",
-                    owner=f"root:{AIRFLOW_USER}",
-                ),
-                RemoteFile(
-                    LOG_FIREWALL,
-                    render(
-                        "airflow/log-servers.nft.j2",
-                        {
-                            "ports": [WORKER_LOG_PORT, TRIGGERER_LOG_PORT],
-                            "mesh_interface": MESH_INTERFACE,
-                        },
-                    ),
-                ),
-                RemoteFile(
-                    f"{UNIT_DIR}/airflow-log-firewall.service",
-                    render("airflow/log-firewall.service.j2", {"rules": LOG_FIREWALL}),
-                ),
-                *unit_files(cfg, name),
-                *gate_files(node.spec.mesh_address, database.primary_port),
-                *watchdog_files(),
-            ]
-            if cfg.public_ui:
-                files.append(
-                    RemoteFile(
-                        f"{UNIT_DIR}/{UI_TLS_UNIT}.service",
-                        render(
-                            "airflow/ui-tls.service.j2",
-                            {
-                                "port": UI_PORT,
-                                "mesh_address": node.spec.mesh_address,
-                                "api_port": API_PORT,
-                                "cert": f"{CONFIG_DIR}/ui-tls.crt",
-                                "key": f"{CONFIG_DIR}/ui-tls.key",
-                            },
-                        ),
-                    )
-                )
+        for node in args.nodes:
+            installed = self._install(node)
+            files = config_files(args, node.spec, self._secrets)
             # The start step carries a digest of everything the units run with, so that a
             # changed lock, config or unit re-runs it (and it restarts the units once).
-            digests[name] = pulumi.Output.all(lock_text, *[f.content for f in files]).apply(
-                lambda parts: _digest("\0".join(parts))
-            )
-            configured[name] = run_step(
-                "airflow-config",
-                node.access,
-                render(
-                    "airflow/config.sh.j2",
-                    {
-                        "node": name,
-                        "marker": RESTART_MARKER,
-                        "units": [f.path for f in files if f.path.startswith(UNIT_DIR)],
-                        "restart_files": [
-                            AIRFLOW_CFG,
-                            AIRFLOW_ENV,
-                            WARMUP_PLUGIN,
-                            WAIT_API_SCRIPT,
-                            GATED_START,
-                            *(f"{UNIT_DIR}/{unit}.service" for unit in unit_names),
-                        ],
-                        "rules": LOG_FIREWALL,
-                        "public_ui": cfg.public_ui,
-                        "config_dir": CONFIG_DIR,
-                        "user": AIRFLOW_USER,
-                    },
-                ),
-                files=files,
-                parent=self,
-                depends_on=[installed, database.ready[name], broker.ready[name]],
-            )
+            digests[node.spec.name] = pulumi.Output.all(
+                self._lock_text, *[f.content for f in files]
+            ).apply(lambda parts: _digest("\0".join(parts)))
+            configured[node.spec.name] = self._configure(node, installed, files)
 
-        # The schema (and FAB's tables) and the admin user: once, from the first node. Airflow's
-        # `db migrate` holds a global lock in the database, so a concurrent or repeated run is
-        # safe; `users create` leaves an existing user alone.
-        first = min(nodes, key=lambda n: n.spec.mesh_index)  # lowest meshIndex, not list order
-        migrated = run_step(
+        first = min(args.nodes, key=lambda n: n.spec.mesh_index)  # lowest meshIndex, not order
+        migrated = self._migrate(first, configured[first.spec.name])
+        self.ready: dict[str, pulumi.Resource] = self._rolling_start(
+            migrated, configured, digests
+        )
+        self._outputs(first)
+
+    def _install(self, node: Node) -> pulumi.Resource:
+        """The account, the directories and the venv from the committed lock (parallel)."""
+        context = {
+            "node": node.spec.name,
+            "version": self._args.version,
+            "venv": VENV,
+            "lock": self._lock_path,
+            "dirs": [DAGS_DIR, LOGS_DIR, PLUGINS_DIR],
+            "marker": RESTART_MARKER,
+            **AIRFLOW_ACCOUNT.context(),
+        }
+        wrapper = {
+            "env_file": AIRFLOW_ENV, "venv": VENV, "user": AIRFLOW_USER, "home": AIRFLOW_HOME
+        }
+        return run_step(
+            "airflow-install",
+            node.access,
+            render("airflow/install.sh.j2", context),
+            files=[
+                RemoteFile(self._lock_path, self._lock_text),
+                RemoteFile(
+                    CLI_WRAPPER, render("airflow/airflow-cli.sh.j2", wrapper), mode="0755"
+                ),
+            ],
+            parent=self,
+            depends_on=[self._args.after[node.spec.name]],
+            timeout_minutes=30,
+        )
+
+    def _configure(
+        self, node: Node, installed: pulumi.Resource, files: list[RemoteFile]
+    ) -> pulumi.Resource:
+        """The config and the units, once the node's database and broker are ready (parallel);
+        a changed file leaves the restart marker for the start step."""
+        name = node.spec.name
+        context = {
+            "node": name,
+            "marker": RESTART_MARKER,
+            "units": [f.path for f in files if f.path.startswith(UNIT_DIR)],
+            "restart_files": [
+                AIRFLOW_CFG,
+                AIRFLOW_ENV,
+                WARMUP_PLUGIN,
+                WAIT_API_SCRIPT,
+                GATED_START,
+                *(f"{UNIT_DIR}/{unit}.service" for unit in self._unit_names),
+            ],
+            "rules": LOG_FIREWALL,
+            "public_ui": self._args.public_ui,
+            "config_dir": CONFIG_DIR,
+            "user": AIRFLOW_USER,
+        }
+        return run_step(
+            "airflow-config",
+            node.access,
+            render("airflow/config.sh.j2", context),
+            files=files,
+            parent=self,
+            depends_on=[installed, self._args.database_ready[name], self._args.broker_ready[name]],
+        )
+
+    def _migrate(self, first: Node, configured: pulumi.Resource) -> pulumi.Resource:
+        """The schema (and FAB's tables) and the admin user: once, from the first node.
+        Airflow's `db migrate` holds a global lock in the database, so a concurrent or repeated
+        run is safe; `users create` leaves an existing user alone."""
+        context = {
+            "version": self._args.version,
+            "lock_digest": _digest(self._lock_text),
+            "admin_user": self._args.admin_user,
+            "admin_password": self._secrets.admin_password,
+            "admin_role": ADMIN_ROLE,
+        }
+        return run_step(
             "airflow-db-migrate",
             first.access,
-            render_output(
-                "airflow/migrate.sh.j2",
-                {
-                    "version": cfg.airflow_version,
-                    "lock_digest": _digest(lock_text),
-                    "admin_user": cfg.airflow_admin_user,
-                    "admin_password": secrets["admin_password"],
-                    "admin_role": ADMIN_ROLE,
-                },
-            ),
+            render_output("airflow/migrate.sh.j2", context),
             parent=self,
-            depends_on=[configured[first.spec.name]],
+            depends_on=[configured],
             timeout_minutes=20,
         )
 
-        # One node after the other: a changed config or venv restarts the units of one node at a
-        # time, so the other two keep scheduling and running tasks meanwhile.
-        self.ready: dict[str, pulumi.Resource] = {}
+    def _rolling_start(
+        self,
+        migrated: pulumi.Resource,
+        configured: Mapping[str, pulumi.Resource],
+        digests: Mapping[str, pulumi.Output[str]],
+    ) -> dict[str, pulumi.Resource]:
+        """One node after the other: a changed config or venv restarts the units of one node at
+        a time, so the other two keep scheduling and running tasks meanwhile."""
+        started: dict[str, pulumi.Resource] = {}
         previous: list[pulumi.Resource] = []
-        for node in nodes:
+        for node in self._args.nodes:
             name = node.spec.name
-            self.ready[name] = run_step(
+            context = {
+                "node": name,
+                "digest": digests[name],
+                "units": self._unit_names,
+                "worker_unit": "airflow-worker",
+                "marker": RESTART_MARKER,
+                "mesh_address": node.spec.mesh_address,
+                "api_port": API_PORT,
+                "flower_port": FLOWER_PORT,
+                "wait_seconds": START_WAIT_S,
+            }
+            started[name] = run_step(
                 "airflow-start",
                 node.access,
-                render_output(
-                    "airflow/start.sh.j2",
-                    {
-                        "node": name,
-                        "digest": digests[name],
-                        "units": unit_names,
-                        "worker_unit": "airflow-worker",
-                        "marker": RESTART_MARKER,
-                        "mesh_address": node.spec.mesh_address,
-                        "api_port": API_PORT,
-                        "flower_port": FLOWER_PORT,
-                        "wait_seconds": START_WAIT_S,
-                    },
-                ),
+                render_output("airflow/start.sh.j2", context),
                 parent=self,
                 depends_on=[migrated, configured[name], *previous],
                 timeout_minutes=15,
             )
-            previous = [self.ready[name]]
+            previous = [started[name]]
+        return started
 
+    def _outputs(self, first: Node) -> None:
         self.ui_urls: dict[str, pulumi.Output[str]] = {}
         self.ui_tunnels: dict[str, pulumi.Output[str]] = {}
-        for node in nodes:
+        for node in self._args.nodes:
             spec = node.spec
-            mesh_url = f"http://{spec.mesh_address}:{API_PORT}/"
-            if cfg.public_ui:
+            if self._args.public_ui:
                 self.ui_urls[spec.name] = pulumi.Output.concat("https://", node.public_address, "/")
             else:
-                self.ui_urls[spec.name] = pulumi.Output.from_input(mesh_url)
+                self.ui_urls[spec.name] = pulumi.Output.from_input(
+                    f"http://{spec.mesh_address}:{API_PORT}/"
+                )
             self.ui_tunnels[spec.name] = _tunnel(node, API_PORT, API_PORT)
         self.flower_tunnel = _tunnel(first, FLOWER_PORT, FLOWER_PORT)
         self.register_outputs(

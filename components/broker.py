@@ -14,15 +14,15 @@ every node checks it is ready. Later tiers use `broker_url` (a secret Celery fai
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from urllib.parse import quote
 
 import pulumi
-import pulumi_random as random
 
-from .config import ClusterConfig
+from .config import NodeSpec
 from .nodes import Node
 from .remote import RemoteFile, render, render_output, run_step
-from .vpn import VpnMesh
+from .tier import TierArgs, generated_password
 
 AMQP_PORT = 5672
 DIST_PORT = 25672
@@ -78,32 +78,40 @@ def local_first(nodes: list[str], node: str) -> list[str]:
     return [node, *(n for n in nodes if n != node)]
 
 
-def node_context(cfg: ClusterConfig, node: str) -> dict:
+@dataclass(frozen=True)
+class BrokerArgs(TierArgs):
+    """The broker tier's nodes and the stack's settings for it."""
+
+    cluster_name: str  # RabbitMQ's cluster name: one per stack
+    consumer_timeout_ms: int
+    net_ticktime_s: int
+
+
+def node_context(args: BrokerArgs, spec: NodeSpec) -> dict:
     """What the per-node configuration files are rendered from (plain values only)."""
-    spec = cfg.node(node)
     return {
-        "node": node,
-        "node_name": node_name(node),
+        "node": spec.name,
+        "node_name": node_name(spec.name),
         "mesh_address": spec.mesh_address,
         "mesh_address_erl": erlang_ip(spec.mesh_address),
-        "cluster_name": f"airflow-ha-{cfg.stack}",
-        "peers": [node_name(n.name) for n in cfg.nodes],
+        "cluster_name": args.cluster_name,
+        "peers": [node_name(n.spec.name) for n in args.nodes],
         "amqp_port": AMQP_PORT,
         "dist_port": DIST_PORT,
         "epmd_port": EPMD_PORT,
         "management_port": MANAGEMENT_PORT,
         "discovery_retry_limit": DISCOVERY_RETRY_LIMIT,
         "discovery_retry_interval_ms": DISCOVERY_RETRY_INTERVAL_MS,
-        "consumer_timeout_ms": cfg.rabbitmq_consumer_timeout_ms,
-        "net_ticktime_s": cfg.rabbitmq_net_ticktime_s,
+        "consumer_timeout_ms": args.consumer_timeout_ms,
+        "net_ticktime_s": args.net_ticktime_s,
         "plugins": list(PLUGINS),
         "restart_sec": RESTART_SEC,
     }
 
 
-def config_files(cfg: ClusterConfig, node: str) -> list[RemoteFile]:
+def config_files(args: BrokerArgs, spec: NodeSpec) -> list[RemoteFile]:
     """The files every node gets, before the package is installed (none holds a secret)."""
-    context = node_context(cfg, node)
+    context = node_context(args, spec)
     return [
         RemoteFile(CONF, render("broker/rabbitmq.conf.j2", context)),
         RemoteFile(ENV_CONF, render("broker/rabbitmq-env.conf.j2", context)),
@@ -113,112 +121,37 @@ def config_files(cfg: ClusterConfig, node: str) -> list[RemoteFile]:
     ]
 
 
+def check_patterns(mesh_address: str) -> dict[str, str]:
+    """The check step's two regexes: the broker's ports, and the addresses they may listen on
+    (the mesh address and loopback)."""
+    ports = sorted({AMQP_PORT, DIST_PORT, EPMD_PORT, MANAGEMENT_PORT, *CLI_DIST_PORTS})
+    allowed = [mesh_address, "127.0.0.1"]
+    return {
+        "ports_pattern": ":(" + "|".join(str(p) for p in ports) + ")$",
+        "allowed_pattern": "^(" + "|".join(a.replace(".", r"\.") for a in allowed) + "):",
+    }
+
+
 class BrokerTier(pulumi.ComponentResource):
-    def __init__(
-        self,
-        cfg: ClusterConfig,
-        nodes: list[Node],
-        mesh: VpnMesh,
-        opts: pulumi.ResourceOptions | None = None,
-    ):
-        super().__init__("airflow-ha:broker:BrokerTier", "broker", None, opts)
-        child = pulumi.ResourceOptions(parent=self)
-        # Generated once, kept in the stack's state, secret end to end. The cookie is at most
-        # 255 characters of letters and digits (an Erlang atom).
-        cookie = random.RandomPassword(
-            "rabbitmq-erlang-cookie", length=48, special=False, opts=child
-        ).result
-        password = random.RandomPassword(
-            "rabbitmq-airflow-password", length=32, special=False, opts=child
-        ).result
+    def __init__(self, name: str, args: BrokerArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("airflow-ha:broker:BrokerTier", name, None, opts)
+        self._args = args
+        # The cookie is at most 255 characters of letters and digits (an Erlang atom).
+        self._cookie = generated_password("rabbitmq-erlang-cookie", 48, self)
+        password = generated_password("rabbitmq-airflow-password", 32, self)
+        names = [n.spec.name for n in args.nodes]
+        self._running = "\n".join(sorted(node_name(n) for n in names))
 
-        names = [n.spec.name for n in nodes]
-        running = "\n".join(sorted(node_name(n) for n in names))
-
-        installed = {}
-        for node in nodes:
-            name = node.spec.name
-            installed[name] = run_step(
-                "rabbitmq-install",
-                node.access,
-                render(
-                    "broker/install.sh.j2",
-                    {
-                        "node": name,
-                        "mesh_address": node.spec.mesh_address,
-                        "marker": MARKER,
-                        "epmd_dropin": EPMD_DROPIN,
-                        "unit_dropin": UNIT_DROPIN,
-                        "config_paths": [CONF, ENV_CONF, PLUGINS_FILE, UNIT_DROPIN],
-                        "wait_seconds": WAIT_SECONDS,
-                    },
-                ),
-                files=config_files(cfg, name),
-                parent=self,
-                depends_on=[mesh.ready[name]],
-            )
-
+        installed = [self._install(node) for node in args.nodes]
         # Every node waits for every install, so that blank nodes start at about the same time.
-        clustered = [
-            run_step(
-                "rabbitmq-cluster",
-                node.access,
-                render_output(
-                    "broker/cluster.sh.j2",
-                    {
-                        "node": node.spec.name,
-                        "marker": MARKER,
-                        "cookie": cookie,
-                        "expected_running": running,
-                        "other_nodes": [node_name(n) for n in names if n != node.spec.name],
-                        "form_seconds": FORM_SECONDS,
-                    },
-                ),
-                outputs=["rabbitmqNode"],
-                parent=self,
-                depends_on=list(installed.values()),
-                timeout_minutes=10,
-            )
-            for node in nodes
-        ]
-
+        clustered = [self._cluster(node, installed) for node in args.nodes]
         # Users, vhosts and permissions are cluster-wide: set them once, from the node with the
         # lowest meshIndex (a rule that reordering the stack's node list does not change).
-        first = min(nodes, key=lambda n: n.spec.mesh_index)
-        users = run_step(
-            "rabbitmq-users",
-            first.access,
-            render_output(
-                "broker/users.sh.j2",
-                {"vhost": VHOST, "user": USER, "password": password, "tags": USER_TAGS},
-            ),
-            parent=self,
-            depends_on=clustered,
-        )
-
-        ports = sorted({AMQP_PORT, DIST_PORT, EPMD_PORT, MANAGEMENT_PORT, *CLI_DIST_PORTS})
-        self.ready: dict[str, pulumi.Resource] = {}
-        for node in nodes:
-            allowed = [node.spec.mesh_address, "127.0.0.1"]
-            self.ready[node.spec.name] = run_step(
-                "rabbitmq-check",
-                node.access,
-                render(
-                    "broker/check.sh.j2",
-                    {
-                        "node": node.spec.name,
-                        "expected_running": running,
-                        "vhost": VHOST,
-                        "wait_seconds": WAIT_SECONDS,
-                        "ports_pattern": ":(" + "|".join(str(p) for p in ports) + ")$",
-                        "allowed_pattern": "^("
-                        + "|".join(a.replace(".", r"\.") for a in allowed)
-                        + "):",
-                    },
-                ),
-                parent=self,
-                depends_on=[users],
-            )
+        first = min(args.nodes, key=lambda n: n.spec.mesh_index)
+        users = self._users(first, password, clustered)
+        self.ready: dict[str, pulumi.Resource] = {
+            node.spec.name: self._check(node, users) for node in args.nodes
+        }
 
         self.vhost = VHOST
         self.user = USER
@@ -232,12 +165,85 @@ class BrokerTier(pulumi.ComponentResource):
         self.node_broker_urls: dict[str, pulumi.Output[str]] = {
             name: secret_url(local_first(names, name)) for name in names
         }
-        self.management_tunnel: pulumi.Output[str] = pulumi.Output.concat(
-            "ssh -N -L ", str(MANAGEMENT_PORT), ":", first.spec.mesh_address, ":",
-            str(MANAGEMENT_PORT), " -p ", str(first.spec.port), " ", first.spec.user, "@",
-            first.public_address, "  # then open http://localhost:", str(MANAGEMENT_PORT),
-            " and log in as ", USER,
-        )
+        self.management_tunnel: pulumi.Output[str] = _management_tunnel(first)
         self.register_outputs(
             {"brokerUrl": self.broker_url, "managementTunnel": self.management_tunnel}
         )
+
+    def _install(self, node: Node) -> pulumi.Resource:
+        """RabbitMQ installed with its configuration already in place (in parallel)."""
+        context = {
+            "node": node.spec.name,
+            "mesh_address": node.spec.mesh_address,
+            "marker": MARKER,
+            "epmd_dropin": EPMD_DROPIN,
+            "unit_dropin": UNIT_DROPIN,
+            "config_paths": [CONF, ENV_CONF, PLUGINS_FILE, UNIT_DROPIN],
+            "wait_seconds": WAIT_SECONDS,
+        }
+        return run_step(
+            "rabbitmq-install",
+            node.access,
+            render("broker/install.sh.j2", context),
+            files=config_files(self._args, node.spec),
+            parent=self,
+            depends_on=[self._args.after[node.spec.name]],
+        )
+
+    def _cluster(self, node: Node, installed: list[pulumi.Resource]) -> pulumi.Resource:
+        name = node.spec.name
+        context = {
+            "node": name,
+            "marker": MARKER,
+            "cookie": self._cookie,
+            "expected_running": self._running,
+            "other_nodes": [node_name(n.spec.name) for n in self._args.nodes if n is not node],
+            "form_seconds": FORM_SECONDS,
+        }
+        return run_step(
+            "rabbitmq-cluster",
+            node.access,
+            render_output("broker/cluster.sh.j2", context),
+            outputs=["rabbitmqNode"],
+            parent=self,
+            depends_on=installed,
+            timeout_minutes=10,
+        )
+
+    def _users(
+        self, first: Node, password: pulumi.Output[str], clustered: list[pulumi.Resource]
+    ) -> pulumi.Resource:
+        context = {"vhost": VHOST, "user": USER, "password": password, "tags": USER_TAGS}
+        return run_step(
+            "rabbitmq-users",
+            first.access,
+            render_output("broker/users.sh.j2", context),
+            parent=self,
+            depends_on=clustered,
+        )
+
+    def _check(self, node: Node, users: pulumi.Resource) -> pulumi.Resource:
+        context = {
+            "node": node.spec.name,
+            "expected_running": self._running,
+            "vhost": VHOST,
+            "wait_seconds": WAIT_SECONDS,
+            **check_patterns(node.spec.mesh_address),
+        }
+        return run_step(
+            "rabbitmq-check",
+            node.access,
+            render("broker/check.sh.j2", context),
+            parent=self,
+            depends_on=[users],
+        )
+
+
+def _management_tunnel(first: Node) -> pulumi.Output[str]:
+    spec = first.spec
+    return pulumi.Output.concat(
+        f"ssh -N -L {MANAGEMENT_PORT}:{spec.mesh_address}:{MANAGEMENT_PORT} -p {spec.port} "
+        f"{spec.user}@",
+        first.public_address,
+        f"  # then open http://localhost:{MANAGEMENT_PORT} and log in as {USER}",
+    )

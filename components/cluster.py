@@ -1,35 +1,100 @@
-"""AirflowHaCluster: wires the tiers in dependency order (nodes -> mesh -> tiers -> outputs)."""
+"""AirflowHaCluster: wires the tiers in dependency order (nodes -> mesh -> tiers -> outputs).
+
+Each tier takes its own small args object; the functions below build them from the stack's
+ClusterConfig and from what the tiers before it give (a step per node to wait for, URLs).
+"""
 
 from __future__ import annotations
 
 import pulumi
 
-from .airflow import AirflowTier, lock_file
-from .broker import BrokerTier
+from .airflow import AirflowArgs, AirflowTier, lock_file
+from .broker import BrokerArgs, BrokerTier
 from .config import ClusterConfig
-from .dag_sync import DagSync
-from .database import DatabaseTier
-from .nodes import Nodes
-from .vpn import VpnMesh
+from .dag_sync import DagSync, DagSyncArgs
+from .database import PATRONI_CONFIG, DatabaseArgs, DatabaseTier
+from .layout import DAGS_DIR
+from .nodes import Nodes, NodesArgs
+from .tier import TierArgs
+from .vpn import VpnArgs, VpnMesh
+
+
+def cluster_name(cfg: ClusterConfig) -> str:
+    """The stack's name in cloud labels, Patroni's scope, etcd's token and RabbitMQ's cluster."""
+    return f"airflow-ha-{cfg.stack}"
+
+
+def nodes_args(cfg: ClusterConfig) -> NodesArgs:
+    return NodesArgs(
+        nodes=cfg.nodes,
+        cluster=cluster_name(cfg),
+        admin_cidrs=cfg.admin_cidrs,
+        public_ui=cfg.public_ui,
+        ssh_public_key=cfg.ssh_public_key,
+        ssh_private_key=cfg.ssh_private_key,
+        aws_vpc_cidr=cfg.aws_vpc_cidr,
+    )
+
+
+def database_args(cfg: ClusterConfig, on: TierArgs) -> DatabaseArgs:
+    return DatabaseArgs(
+        on.nodes,
+        on.after,
+        scope=cluster_name(cfg),
+        postgres_version=cfg.postgres_version,
+        patroni=cfg.patroni,
+        mesh_cidr=cfg.mesh_cidr,
+    )
+
+
+def broker_args(cfg: ClusterConfig, on: TierArgs) -> BrokerArgs:
+    return BrokerArgs(
+        on.nodes,
+        on.after,
+        cluster_name=cluster_name(cfg),
+        consumer_timeout_ms=cfg.rabbitmq_consumer_timeout_ms,
+        net_ticktime_s=cfg.rabbitmq_net_ticktime_s,
+    )
+
+
+def airflow_args(
+    cfg: ClusterConfig, on: TierArgs, database: DatabaseTier, broker: BrokerTier
+) -> AirflowArgs:
+    return AirflowArgs(
+        on.nodes,
+        on.after,
+        version=cfg.airflow_version,
+        admin_user=cfg.airflow_admin_user,
+        worker_concurrency=cfg.celery_worker_concurrency,
+        public_ui=cfg.public_ui,
+        database_url=database.airflow_db_url,
+        database_port=database.primary_port,
+        database_ready=database.ready,
+        broker_urls=broker.node_broker_urls,
+        broker_ready=broker.ready,
+    )
 
 
 class AirflowHaCluster(pulumi.ComponentResource):
     def __init__(self, cfg: ClusterConfig, opts: pulumi.ResourceOptions | None = None):
         lock_file(cfg.airflow_version)  # ConfigError before any resource when the lock is missing
-        super().__init__(
-            "airflow-ha:cluster:AirflowHaCluster", f"airflow-ha-{cfg.stack}", None, opts
-        )
+        super().__init__("airflow-ha:cluster:AirflowHaCluster", cluster_name(cfg), None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        self.nodes = Nodes(cfg, child)
-        self.mesh = VpnMesh(cfg, self.nodes.nodes, child)
-        self.database = DatabaseTier(cfg, self.nodes.nodes, self.mesh, child)
-        self.broker = BrokerTier(cfg, self.nodes.nodes, self.mesh, child)
+        self.nodes = Nodes("nodes", nodes_args(cfg), child)
+        self.mesh = VpnMesh("mesh", VpnArgs(self.nodes.nodes, cfg.mesh_prefix_len), child)
+        # Every tier runs on every node, each node's part once that node's mesh is ready.
+        on_mesh = TierArgs(self.nodes.nodes, self.mesh.ready)
+        self.database = DatabaseTier("database", database_args(cfg, on_mesh), child)
+        self.broker = BrokerTier("broker", broker_args(cfg, on_mesh), child)
         self.airflow = AirflowTier(
-            cfg, self.nodes.nodes, self.mesh, self.database, self.broker, child
+            "airflow", airflow_args(cfg, on_mesh, self.database, self.broker), child
         )
-        self.dag_sync = DagSync(cfg, self.nodes.nodes, self.mesh, child)
+        self.dag_sync = DagSync("dag-sync", DagSyncArgs(on_mesh.nodes, on_mesh.after), child)
+        self.outputs: dict[str, pulumi.Input] = self._outputs()
+        self.register_outputs(self.outputs)
 
-        self.outputs: dict[str, pulumi.Input] = {
+    def _outputs(self) -> dict[str, pulumi.Input]:
+        return {
             "nodes": {
                 node.spec.name: {
                     "cloud": node.spec.cloud,
@@ -51,16 +116,15 @@ class AirflowHaCluster(pulumi.ComponentResource):
             "brokerManagementTunnel": self.broker.management_tunnel,
             # HAProxy's stats page listens on each node's mesh address: reach it through SSH.
             "databaseStatsTunnel": self.database.stats_tunnels,
-            "patronictl": "patronictl -c /etc/patroni/config.yml list  # on any node, as root",
+            "patronictl": f"patronictl -c {PATRONI_CONFIG} list  # on any node, as root",
             "airflow": {
                 "uiUrls": self.airflow.ui_urls,
                 "uiTunnels": self.airflow.ui_tunnels,
                 "flowerTunnel": self.airflow.flower_tunnel,
                 "adminUser": self.airflow.admin_user,
-                "shipDags": "copy DAG files into /opt/airflow/dags on any node; csync2 copies them "
+                "shipDags": f"copy DAG files into {DAGS_DIR} on any node; csync2 copies them "
                 "to the others within a minute",
             },
             # Secret, so on its own: `pulumi stack output airflowAdminPassword --show-secrets`.
             "airflowAdminPassword": self.airflow.admin_password,
         }
-        self.register_outputs(self.outputs)

@@ -15,9 +15,9 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import pulumi
 
@@ -82,7 +82,6 @@ class ClusterConfig:
     rabbitmq_net_ticktime_s: int
     airflow_admin_user: str
     celery_worker_concurrency: int
-    wireguard_port: ClassVar[int] = 51820  # a constant of the program, not a key
 
     @property
     def mesh_prefix_len(self) -> int:
@@ -126,6 +125,89 @@ def _parse_node(item: Any, key: str) -> dict[str, Any]:
     return {k.name: k.parse(item, f"{key}.{k.name}") for k in keys}
 
 
+def _mesh_room(mesh: ipaddress.IPv4Network, count: int) -> int:
+    """How many node addresses meshCidr has; a ConfigError when fewer than `count`."""
+    # The last address is the broadcast address of networks with one.
+    room = max(mesh.num_addresses - 2, 0) if mesh.prefixlen < 31 else mesh.num_addresses
+    if room < count:
+        raise ConfigError(
+            "meshCidr",
+            f"has room for {room} addresses but there are {count} nodes",
+            "choose a larger meshCidr (e.g. a /24)",
+        )
+    return room
+
+
+@dataclass
+class _Taken:
+    """What the nodes before this one in the list hold: no other node may have it too."""
+
+    names: set[str] = field(default_factory=set)
+    indexes: dict[int, str] = field(default_factory=dict)  # meshIndex -> node
+    hosts: dict[str, str] = field(default_factory=dict)  # static host -> node
+
+
+def _claim(held: dict[Any, str], value: Any, name: str, key: str, what: str, fix: str) -> None:
+    """Node `name` takes `value`; a ConfigError when an earlier node holds it."""
+    if value in held:
+        raise ConfigError(key, f"{value} is also node {held[value]}'s{what}", fix)
+    held[value] = name
+
+
+def _check_identity(
+    fields: dict[str, Any], key: str, mesh: ipaddress.IPv4Network, room: int, taken: _Taken
+) -> None:
+    """A name of its own, and a meshIndex of its own inside meshCidr."""
+    name, index = fields["name"], fields["meshIndex"]
+    if name in taken.names:
+        raise ConfigError(f"{key}.name", f"{name!r} is used twice", "give every node its own name")
+    taken.names.add(name)
+    if index > room:
+        raise ConfigError(
+            f"{key}.meshIndex",
+            f"{index} is outside meshCidr {mesh} (hosts 1 to {room})",
+            f"use a free number from 1 to {room}, or a larger meshCidr",
+        )
+    _claim(
+        taken.indexes, index, name, f"{key}.meshIndex", "",
+        "give every node its own meshIndex (never reuse a removed node's)",
+    )
+
+
+def _check_host(
+    host: str, name: str, key: str, mesh: ipaddress.IPv4Network, taken: _Taken
+) -> None:
+    """A static node's server of its own, whose address is not inside the mesh."""
+    fix = "give every static node its own server"
+    _claim(taken.hosts, host, name, f"{key}.host", " address", fix)
+    try:
+        inside = ipaddress.ip_address(host) in mesh
+    except ValueError:
+        inside = False  # a DNS name
+    if inside:
+        raise ConfigError(
+            "meshCidr",
+            f"{mesh} overlaps node {name}'s address {host}",
+            "pick a meshCidr that no node address falls in",
+        )
+
+
+def _node_spec(fields: dict[str, Any], mesh: ipaddress.IPv4Network) -> NodeSpec:
+    cloud, index = fields["cloud"], fields["meshIndex"]
+    return NodeSpec(
+        name=fields["name"],
+        cloud=cloud,
+        mesh_index=index,
+        mesh_address=str(mesh.network_address + index),
+        size=fields.get("size"),
+        location=fields.get("location"),
+        region=fields.get("region"),
+        host=fields.get("host"),
+        user=fields.get("user", CLOUD_USERS.get(cloud)),
+        port=fields.get("port", CLOUD_SSH_PORT),
+    )
+
+
 def _parse_nodes(raw_nodes: Any, mesh: ipaddress.IPv4Network) -> tuple[NodeSpec, ...]:
     if raw_nodes is None:
         raise ConfigError("nodes", "is missing", "list the nodes as {name, cloud, meshIndex, ...}")
@@ -133,74 +215,16 @@ def _parse_nodes(raw_nodes: Any, mesh: ipaddress.IPv4Network) -> tuple[NodeSpec,
         raw_nodes, "nodes", "nodes", "list the nodes as {name, cloud, meshIndex, ...}"
     )
     _node_count(raw_nodes)
-    # The last address is the broadcast address of networks with one.
-    room = max(mesh.num_addresses - 2, 0) if mesh.prefixlen < 31 else mesh.num_addresses
-    if room < len(raw_nodes):
-        raise ConfigError(
-            "meshCidr",
-            f"has room for {room} addresses but there are {len(raw_nodes)} nodes",
-            "choose a larger meshCidr (e.g. a /24)",
-        )
-    names: set[str] = set()
-    indexes: dict[int, str] = {}
-    hosts: dict[str, str] = {}
+    room = _mesh_room(mesh, len(raw_nodes))
+    taken = _Taken()
     nodes = []
     for position, item in enumerate(raw_nodes):
         key = f"nodes[{position}]"
         fields = _parse_node(item, key)
-        name, index = fields["name"], fields["meshIndex"]
-        if name in names:
-            raise ConfigError(
-                f"{key}.name", f"{name!r} is used twice", "give every node its own name"
-            )
-        names.add(name)
-        if index > room:
-            raise ConfigError(
-                f"{key}.meshIndex",
-                f"{index} is outside meshCidr {mesh} (hosts 1 to {room})",
-                f"use a free number from 1 to {room}, or a larger meshCidr",
-            )
-        if index in indexes:
-            raise ConfigError(
-                f"{key}.meshIndex",
-                f"{index} is also node {indexes[index]}'s",
-                "give every node its own meshIndex (never reuse a removed node's)",
-            )
-        indexes[index] = name
-        host = fields.get("host")
-        if host is not None:
-            if host in hosts:
-                raise ConfigError(
-                    f"{key}.host",
-                    f"{host} is also node {hosts[host]}'s address",
-                    "give every static node its own server",
-                )
-            hosts[host] = name
-            try:
-                inside = ipaddress.ip_address(host) in mesh
-            except ValueError:
-                inside = False  # a DNS name
-            if inside:
-                raise ConfigError(
-                    "meshCidr",
-                    f"{mesh} overlaps node {name}'s address {host}",
-                    "pick a meshCidr that no node address falls in",
-                )
-        cloud = fields["cloud"]
-        nodes.append(
-            NodeSpec(
-                name=name,
-                cloud=cloud,
-                mesh_index=index,
-                mesh_address=str(mesh.network_address + index),
-                size=fields.get("size"),
-                location=fields.get("location"),
-                region=fields.get("region"),
-                host=host,
-                user=fields.get("user", CLOUD_USERS.get(cloud)),
-                port=fields.get("port", CLOUD_SSH_PORT),
-            )
-        )
+        _check_identity(fields, key, mesh, room, taken)
+        if fields.get("host") is not None:
+            _check_host(fields["host"], fields["name"], key, mesh, taken)
+        nodes.append(_node_spec(fields, mesh))
     # Ordered by identity, not by list position: peer lists, first-node roles and every file
     # stay the same when the stack file's list is reordered.
     return tuple(sorted(nodes, key=lambda n: n.mesh_index))
@@ -227,8 +251,7 @@ def _parse_patroni(raw: Any) -> PatroniSettings:
     )
 
 
-def parse_config(raw: Mapping[str, Any], stack: str = "dev") -> ClusterConfig:
-    """Validate plain stack config values; raise ConfigError on the first problem."""
+def _check_stack_name(stack: str) -> None:
     if not STACK_NAME_RE.match(stack):
         raise ConfigError(
             f"stack name {stack!r}",
@@ -236,14 +259,13 @@ def parse_config(raw: Mapping[str, Any], stack: str = "dev") -> ClusterConfig:
             "name the stack like dev or prod-eu",
             prefix="",
         )
-    schema.refuse_unknown(raw, schema.names(schema.TOP_KEYS), "", NAMESPACE)
 
-    def get(name: str) -> Any:
-        return schema.top_key(name).parse(raw, name)
 
-    mesh: ipaddress.IPv4Network = get("meshCidr")
-    nodes = _parse_nodes(raw.get("nodes"), mesh)
-
+def _parse_access(
+    raw: Mapping[str, Any], get: Callable[[str], Any], nodes: tuple[NodeSpec, ...]
+) -> dict[str, Any]:
+    """Who may reach SSH and the keys: ClusterConfig's admin_cidrs, allow_ssh_from_anywhere,
+    ssh_public_key and ssh_private_key."""
     admin_cidrs = get("adminCidrs")
     allow_anywhere = get("allowSshFromAnywhere")
     wide = [c for c in admin_cidrs if schema.internet_wide(c)]
@@ -254,7 +276,6 @@ def parse_config(raw: Mapping[str, Any], stack: str = "dev") -> ClusterConfig:
             "list your admins' networks; if you really mean it, also set "
             "allowSshFromAnywhere: true (the policy pack still refuses it where it runs)",
         )
-
     public_key = get("sshPublicKey")
     if public_key is None and any(n.cloud != "static" for n in nodes):
         raise ConfigError(
@@ -268,8 +289,25 @@ def parse_config(raw: Mapping[str, Any], stack: str = "dev") -> ClusterConfig:
             "is missing: the deploy steps log in with it",
             "pulumi config set --secret sshPrivateKey < ~/.ssh/id_ed25519",
         )
-    private_key = get("sshPrivateKey")
+    return {
+        "admin_cidrs": admin_cidrs,
+        "allow_ssh_from_anywhere": allow_anywhere,
+        "ssh_public_key": public_key,
+        "ssh_private_key": get("sshPrivateKey"),
+    }
 
+
+def parse_config(raw: Mapping[str, Any], stack: str = "dev") -> ClusterConfig:
+    """Validate plain stack config values; raise ConfigError on the first problem."""
+    _check_stack_name(stack)
+    schema.refuse_unknown(raw, schema.names(schema.TOP_KEYS), "", NAMESPACE)
+
+    def get(name: str) -> Any:
+        return schema.top_key(name).parse(raw, name)
+
+    mesh: ipaddress.IPv4Network = get("meshCidr")
+    nodes = _parse_nodes(raw.get("nodes"), mesh)
+    access = _parse_access(raw, get, nodes)
     aws_vpc: ipaddress.IPv4Network = get("awsVpcCidr")
     if any(n.cloud == "aws" for n in nodes) and aws_vpc.overlaps(mesh):
         raise ConfigError(
@@ -277,14 +315,10 @@ def parse_config(raw: Mapping[str, Any], stack: str = "dev") -> ClusterConfig:
             f"{aws_vpc} overlaps meshCidr {mesh}",
             "pick two ranges that do not overlap (defaults: 10.80.0.0/16 and 10.42.0.0/24)",
         )
-
     return ClusterConfig(
         stack=stack,
         nodes=nodes,
-        admin_cidrs=admin_cidrs,
-        allow_ssh_from_anywhere=allow_anywhere,
-        ssh_public_key=public_key,
-        ssh_private_key=private_key,
+        **access,
         mesh_cidr=str(mesh),
         aws_vpc_cidr=str(aws_vpc),
         airflow_version=get("airflowVersion"),

@@ -233,18 +233,25 @@ def matching(
     return text
 
 
-def login_user(value: Any, key: str) -> str:
-    return matching(
-        value, key, "a user name", LOGIN_USER_RE, "is not a plain login name",
-        "use lower-case letters, digits, '_' and '-', starting with a letter or '_', at most 32",
-    )
+def matcher(
+    expected: str, pattern: re.Pattern[str], problem: str, fix: str
+) -> Callable[[Any, str], str]:
+    """The validator of a key whose value is a string `pattern` matches (see matching)."""
+
+    def check(value: Any, key: str) -> str:
+        return matching(value, key, expected, pattern, problem, fix)
+
+    return check
 
 
-def admin_user(value: Any, key: str) -> str:
-    return matching(
-        value, key, "a user name", ADMIN_USER_RE, "is not a plain user name",
-        "use lower-case letters, digits, '_' and '-', starting with a letter, at most 32",
-    )
+login_user = matcher(
+    "a user name", LOGIN_USER_RE, "is not a plain login name",
+    "use lower-case letters, digits, '_' and '-', starting with a letter or '_', at most 32",
+)
+admin_user = matcher(
+    "a user name", ADMIN_USER_RE, "is not a plain user name",
+    "use lower-case letters, digits, '_' and '-', starting with a letter, at most 32",
+)
 
 
 def port(value: Any, key: str) -> int:
@@ -272,18 +279,13 @@ def hcloud_location(value: Any, key: str) -> str:
     return one_of(HCLOUD_LOCATIONS, "a Hetzner Cloud location")(value, key)
 
 
-def aws_region(value: Any, key: str) -> str:
-    return matching(
-        value, key, "an AWS region code", AWS_REGION_RE, "is not an AWS region",
-        "use a region code such as eu-central-1",
-    )
-
-
-def size(value: Any, key: str) -> str:
-    return matching(
-        value, key, "a server type", SIZE_RE, "is not a server type",
-        "write one such as cx32 or m6i.xlarge",
-    )
+aws_region = matcher(
+    "an AWS region code", AWS_REGION_RE, "is not an AWS region",
+    "use a region code such as eu-central-1",
+)
+size = matcher(
+    "a server type", SIZE_RE, "is not a server type", "write one such as cx32 or m6i.xlarge"
+)
 
 
 def mesh_index(value: Any, key: str) -> int:
@@ -365,11 +367,10 @@ def secret(value: Any, key: str) -> Any:
     return value
 
 
-def airflow_version(value: Any, key: str) -> str:
-    return matching(
-        value, key, "an Airflow version", AIRFLOW_VERSION_RE, "is not an Airflow 3.x.y version",
-        "pin an Airflow 3 release, e.g. 3.3.2",
-    )
+airflow_version = matcher(
+    "an Airflow version", AIRFLOW_VERSION_RE, "is not an Airflow 3.x.y version",
+    "pin an Airflow 3 release, e.g. 3.3.2",
+)
 
 
 def postgres_version(value: Any, key: str) -> int:

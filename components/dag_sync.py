@@ -17,19 +17,19 @@ file on any node deletes it everywhere.
 - Conflicts (one file changed on two nodes between two runs): `auto younger`, the newer file
   wins. Deletions propagate (csync2 sends removals of files it knew).
 - Owners travel as numbers: the airflow user has the same uid/gid on every node
-  (components/airflow.py AIRFLOW_UID).
+  (components/layout.py AIRFLOW_ACCOUNT).
 """
 
 from __future__ import annotations
 
-import pulumi
-import pulumi_random as random
+from dataclasses import dataclass
 
-from .airflow import AIRFLOW_HOME, AIRFLOW_UID, AIRFLOW_USER, DAGS_DIR
-from .config import ClusterConfig
+import pulumi
+
+from .layout import AIRFLOW_ACCOUNT, DAGS_DIR
 from .nodes import Node
 from .remote import RemoteFile, render, render_output, run_step
-from .vpn import VpnMesh
+from .tier import TierArgs, generated_password
 
 CSYNC2_PORT = 30865
 GROUP = "airflow_dags"
@@ -45,84 +45,77 @@ CONFLICT_RULE = "younger"
 EXCLUDES = ("*~", ".*.swp", "*.pyc", "__pycache__")
 
 
+@dataclass(frozen=True)
+class DagSyncArgs(TierArgs):
+    """The nodes to keep the DAG folder equal on: DAG sync takes no settings of its own."""
+
+
+def csync2_cfg(hosts: list[str]) -> str:
+    """One group of all nodes; the same file on every node."""
+    return render(
+        "dag_sync/csync2.cfg.j2",
+        {
+            "group": GROUP,
+            "hosts": hosts,
+            "key_file": KEY_FILE,
+            "dags_dir": DAGS_DIR,
+            "excludes": list(EXCLUDES),
+            "conflict_rule": CONFLICT_RULE,
+        },
+    )
+
+
 class DagSync(pulumi.ComponentResource):
-    def __init__(
-        self,
-        cfg: ClusterConfig,
-        nodes: list[Node],
-        mesh: VpnMesh,
-        opts: pulumi.ResourceOptions | None = None,
-    ):
-        super().__init__("airflow-ha:dag_sync:DagSync", "dag-sync", None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+    def __init__(self, name: str, args: DagSyncArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("airflow-ha:dag_sync:DagSync", name, None, opts)
+        self._args = args
         # csync2 -k makes 64 characters; letters and digits are what it accepts.
         self.key: pulumi.Output[str] = pulumi.Output.secret(
-            random.RandomPassword("csync2-key", length=64, special=False, opts=child).result
+            generated_password("csync2-key", 64, self)
         )
-        names = [n.name for n in cfg.nodes]
-        csync2_cfg = render(
-            "dag_sync/csync2.cfg.j2",
-            {
-                "group": GROUP,
-                "hosts": names,
-                "key_file": KEY_FILE,
-                "dags_dir": DAGS_DIR,
-                "excludes": list(EXCLUDES),
-                "conflict_rule": CONFLICT_RULE,
-            },
-        )
-        self.ready: dict[str, pulumi.Resource] = {}
-        for node in nodes:
-            name = node.spec.name
-            peers = [n for n in names if n != name]
-            self.ready[name] = run_step(
-                "dag-sync",
-                node.access,
-                render(
-                    "dag_sync/csync2.sh.j2",
-                    {
-                        "node": name,
-                        "user": AIRFLOW_USER,
-                        "uid": AIRFLOW_UID,
-                        "home": AIRFLOW_HOME,
-                        "dags_dir": DAGS_DIR,
-                        "mesh_address": node.spec.mesh_address,
-                        "port": CSYNC2_PORT,
-                        "dropin": SOCKET_DROPIN,
-                        "config": CSYNC2_CFG,
-                    },
-                ),
-                files=[
-                    RemoteFile(CSYNC2_CFG, csync2_cfg),
-                    RemoteFile(
-                        KEY_FILE,
-                        render_output("dag_sync/csync2.key.j2", {"key": self.key}),
-                        mode="0600",
-                    ),
-                    RemoteFile(
-                        SOCKET_DROPIN,
-                        render(
-                            "dag_sync/csync2.socket.conf.j2",
-                            {"mesh_address": node.spec.mesh_address, "port": CSYNC2_PORT},
-                        ),
-                    ),
-                    RemoteFile(
-                        SYNC_SCRIPT,
-                        render(
-                            "dag_sync/dag-sync.sh.j2",
-                            {
-                                "peers": peers,
-                                "port": CSYNC2_PORT,
-                                "probe_timeout": PROBE_TIMEOUT_S,
-                                "run_timeout": RUN_TIMEOUT_S,
-                                "dags_dir": DAGS_DIR,
-                            },
-                        ),
-                        mode="0755",
-                    ),
-                    RemoteFile(CRON_FILE, render("dag_sync/cron.j2", {"script": SYNC_SCRIPT})),
-                ],
-                parent=self,
-                depends_on=[mesh.ready[name]],
-            )
+        config = csync2_cfg([n.spec.name for n in args.nodes])
+        self.ready: dict[str, pulumi.Resource] = {
+            node.spec.name: self._sync(node, config) for node in args.nodes
+        }
         self.register_outputs({"dagsDir": DAGS_DIR, "group": GROUP})
+
+    def _sync(self, node: Node, config: str) -> pulumi.Resource:
+        name, mesh_address = node.spec.name, node.spec.mesh_address
+        # What cron runs every minute: csync2 towards the peers that answer.
+        sync = {
+            "peers": [n.spec.name for n in self._args.nodes if n is not node],
+            "port": CSYNC2_PORT,
+            "probe_timeout": PROBE_TIMEOUT_S,
+            "run_timeout": RUN_TIMEOUT_S,
+            "dags_dir": DAGS_DIR,
+        }
+        context = {
+            "node": name,
+            **AIRFLOW_ACCOUNT.context(),
+            "dags_dir": DAGS_DIR,
+            "mesh_address": mesh_address,
+            "port": CSYNC2_PORT,
+            "dropin": SOCKET_DROPIN,
+            "config": CSYNC2_CFG,
+        }
+        socket = render(
+            "dag_sync/csync2.socket.conf.j2", {"mesh_address": mesh_address, "port": CSYNC2_PORT}
+        )
+        return run_step(
+            "dag-sync",
+            node.access,
+            render("dag_sync/csync2.sh.j2", context),
+            files=[
+                RemoteFile(CSYNC2_CFG, config),
+                RemoteFile(
+                    KEY_FILE,
+                    render_output("dag_sync/csync2.key.j2", {"key": self.key}),
+                    mode="0600",
+                ),
+                RemoteFile(SOCKET_DROPIN, socket),
+                RemoteFile(SYNC_SCRIPT, render("dag_sync/dag-sync.sh.j2", sync), mode="0755"),
+                RemoteFile(CRON_FILE, render("dag_sync/cron.j2", {"script": SYNC_SCRIPT})),
+            ],
+            parent=self,
+            depends_on=[self._args.after[name]],
+        )

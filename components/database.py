@@ -16,14 +16,16 @@ pulumi_random and stay secrets in every file and URL derived from them.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import pulumi
-import pulumi_random as random
 
-from .config import ClusterConfig, NodeSpec
+from .config import NodeSpec, PatroniSettings
 from .nodes import Node
 from .remote import RemoteFile, render, render_output, run_step
-from .vpn import VpnMesh
+from .tier import TierArgs, generated_password
 
 ETCD_CLIENT_PORT = 2379
 ETCD_PEER_PORT = 2380
@@ -57,7 +59,8 @@ DB_CONNECT_TIMEOUT_S = 10
 PATRONI_CONFIG = "/etc/patroni/config.yml"
 PATRONI_DROPIN = "/etc/systemd/system/patroni.service.d/airflow-ha.conf"
 ETCD_DROPIN = "/etc/systemd/system/etcd.service.d/airflow-ha.conf"
-# Keeps etcd's Raft leader off the primary's node (why: the script's docstring).
+# Keeps etcd's Raft leader off the primary's and sync standby's nodes (why: the script's
+# docstring).
 LEADER_AWAY_SCRIPT = "/usr/local/sbin/airflow-ha-etcd-leader-away"
 LEADER_AWAY_UNIT = "airflow-ha-etcd-leader-away"
 LEADER_AWAY_INTERVAL_S = 10
@@ -88,19 +91,33 @@ POSTGRES_PARAMETERS = {
 }
 
 
-def _password(name: str, parent: pulumi.Resource) -> pulumi.Output[str]:
-    return random.RandomPassword(
-        name, length=32, special=False, opts=pulumi.ResourceOptions(parent=parent)
-    ).result
+@dataclass(frozen=True)
+class DatabaseArgs(TierArgs):
+    """The database tier's nodes and the stack's settings for it."""
+
+    scope: str  # Patroni's scope and etcd's cluster token: one per stack
+    postgres_version: int
+    patroni: PatroniSettings
+    mesh_cidr: str
 
 
-def packages_for(cfg: ClusterConfig) -> list[str]:
+# The tier's generated passwords: what each is for -> its resource name.
+PASSWORDS = {
+    "superuser": "postgres-superuser-password",
+    "replication": "postgres-replication-password",
+    "rewind": "postgres-rewind-password",
+    "rest": "patroni-rest-password",
+    "airflow": "airflow-db-password",
+}
+
+
+def packages_for(postgres_version: int) -> list[str]:
     """Debian 13's packages for the tier. python3-etcd is not pulled in by patroni (apt takes
     python3-consul): without it Patroni finds no etcd implementation and exits."""
     return [
         "etcd-server",
         "etcd-client",
-        f"postgresql-{cfg.postgres_version}",
+        f"postgresql-{postgres_version}",
         "patroni",
         "python3-etcd",
         "python3-psycopg2",
@@ -110,7 +127,7 @@ def packages_for(cfg: ClusterConfig) -> list[str]:
 
 
 def leader_away_files(spec: NodeSpec) -> list[RemoteFile]:
-    """The script and timer that keep etcd's leader off the PostgreSQL primary's node."""
+    """The script and timer that keep etcd's leader off the primary's and sync standby's nodes."""
     context = {
         "node": spec.name,
         "mesh_address": spec.mesh_address,
@@ -129,9 +146,8 @@ def leader_away_files(spec: NodeSpec) -> list[RemoteFile]:
     ]
 
 
-def pg_hba(cfg: ClusterConfig) -> list[str]:
+def pg_hba(mesh: str) -> list[str]:
     """Who may connect: postgres over the local socket; the rest from the mesh, by password."""
-    mesh = cfg.mesh_cidr
     return [
         f"local all {SUPERUSER} peer",
         # Patroni's own replication connection to its local PostgreSQL (timeline checks
@@ -144,9 +160,8 @@ def pg_hba(cfg: ClusterConfig) -> list[str]:
     ]
 
 
-def dynamic_settings(cfg: ClusterConfig) -> dict[str, object]:
+def dynamic_settings(p: PatroniSettings) -> dict[str, object]:
     """The stack's Patroni settings for the cluster's dynamic config (bootstrap and later)."""
-    p = cfg.patroni
     return {
         "ttl": p.ttl,
         "loop_wait": p.loop_wait,
@@ -162,188 +177,130 @@ def _yaml(values: dict[str, object]) -> dict[str, str]:
     return {key: json.dumps(value) for key, value in values.items()}
 
 
+def _members(nodes: Sequence[Node]) -> list[dict[str, str]]:
+    return [{"name": n.spec.name, "mesh_address": n.spec.mesh_address} for n in nodes]
+
+
+def haproxy_cfg(servers: list[dict[str, str]], spec: NodeSpec) -> str:
+    """The node's haproxy.cfg: every node is a backend server, checked on Patroni's API."""
+    return render(
+        "database/haproxy.cfg.j2",
+        {
+            "node": spec.name,
+            "mesh_address": spec.mesh_address,
+            "servers": servers,
+            "primary_port": HAPROXY_PRIMARY_PORT,
+            "replica_port": HAPROXY_REPLICA_PORT,
+            "stats_port": HAPROXY_STATS_PORT,
+            "postgres_port": POSTGRES_PORT,
+            "rest_port": PATRONI_PORT,
+            "check": HAPROXY_CHECK,
+            "maxconn": HAPROXY_MAXCONN,
+        },
+    )
+
+
+def etcd_context(scope: str, spec: NodeSpec, members: list[dict[str, str]]) -> dict[str, Any]:
+    """What the node's etcd step and files are rendered from (plain values only)."""
+    return {
+        "node": spec.name,
+        "mesh_address": spec.mesh_address,
+        "client_port": ETCD_CLIENT_PORT,
+        "peer_port": ETCD_PEER_PORT,
+        "data_dir": ETCD_DATA_DIR,
+        "package_data_dir": ETCD_PACKAGE_DATA_DIR,
+        "members": members,
+        "token": scope,
+        "heartbeat_ms": ETCD_HEARTBEAT_MS,
+        "election_ms": ETCD_ELECTION_MS,
+        "peer_client_urls": ",".join(
+            f"http://{m['mesh_address']}:{ETCD_CLIENT_PORT}"
+            for m in members
+            if m["name"] != spec.name
+        ),
+        "peer_url": f"http://{spec.mesh_address}:{ETCD_PEER_PORT}",
+        "joined": f"{ETCD_DATA_DIR}.joined",
+        "dropin": ETCD_DROPIN,
+        "member_count": len(members),
+    }
+
+
+def patroni_context(
+    args: DatabaseArgs, spec: NodeSpec, passwords: Mapping[str, pulumi.Output[str]]
+) -> dict[str, Any]:
+    """What the node's Patroni config is rendered from: plain values plus secret Outputs."""
+    pg = args.postgres_version
+    return {
+        "node": spec.name,
+        "mesh_address": spec.mesh_address,
+        "scope": args.scope,
+        "etcd_hosts": [f"{n.spec.mesh_address}:{ETCD_CLIENT_PORT}" for n in args.nodes],
+        "dynamic": _yaml(dynamic_settings(args.patroni)),
+        "parameters": _yaml(POSTGRES_PARAMETERS),
+        "pg_hba": pg_hba(args.mesh_cidr),
+        "data_dir": f"/var/lib/postgresql/{pg}/airflow-ha",
+        "bin_dir": f"/usr/lib/postgresql/{pg}/bin",
+        "postgres_port": POSTGRES_PORT,
+        "rest_port": PATRONI_PORT,
+        "users": {
+            "superuser": SUPERUSER,
+            "replication": REPLICATION_USER,
+            "rewind": REWIND_USER,
+            "rest": REST_USER,
+        },
+        "passwords": passwords,
+    }
+
+
 class DatabaseTier(pulumi.ComponentResource):
-    def __init__(
-        self,
-        cfg: ClusterConfig,
-        nodes: list[Node],
-        mesh: VpnMesh,
-        opts: pulumi.ResourceOptions | None = None,
-    ):
-        super().__init__("airflow-ha:database:DatabaseTier", "database", None, opts)
-        pg = cfg.postgres_version
-        self.scope = f"airflow-ha-{cfg.stack}"
-        passwords = {
-            "superuser": _password("postgres-superuser-password", self),
-            "replication": _password("postgres-replication-password", self),
-            "rewind": _password("postgres-rewind-password", self),
-            "rest": _password("patroni-rest-password", self),
-            "airflow": _password("airflow-db-password", self),
+    def __init__(self, name: str, args: DatabaseArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("airflow-ha:database:DatabaseTier", name, None, opts)
+        self._args = args
+        self.scope = args.scope
+        self._passwords = {
+            role: generated_password(name, 32, self) for role, name in PASSWORDS.items()
         }
-        self.airflow_db_password: pulumi.Output[str] = pulumi.Output.secret(passwords["airflow"])
+        self.airflow_db_password: pulumi.Output[str] = pulumi.Output.secret(
+            self._passwords["airflow"]
+        )
         # Where this tier's clients reach the primary on every node (Airflow's start gate).
         self.primary_port = HAPROXY_PRIMARY_PORT
         self.airflow_db_url: pulumi.Output[str] = pulumi.Output.secret(
             pulumi.Output.concat(
                 f"postgresql+psycopg2://{AIRFLOW_USER}:",
-                passwords["airflow"],
+                self._passwords["airflow"],
                 f"@127.0.0.1:{HAPROXY_PRIMARY_PORT}/{AIRFLOW_DB}?connect_timeout={DB_CONNECT_TIMEOUT_S}",
             )
         )
-
-        members = [{"name": n.name, "mesh_address": n.mesh_address} for n in cfg.nodes]
-        etcd_hosts = [f"{n.mesh_address}:{ETCD_CLIENT_PORT}" for n in cfg.nodes]
-        dynamic = dynamic_settings(cfg)
-        self.ready: dict[str, pulumi.Resource] = {}
-        for node in nodes:
-            spec = node.spec
-            # Packages first, in one apt run, before any step writes a file that is also a
-            # package's conffile (/etc/default/etcd, haproxy.cfg): dpkg would stop to ask.
-            packages = run_step(
-                "database-packages",
-                node.access,
-                render("database/packages.sh.j2", {"packages": packages_for(cfg)}),
-                parent=self,
-                depends_on=[mesh.ready[spec.name]],
-            )
-            etcd = self._etcd(cfg, node, members, depends_on=[packages])
-            patroni_context = {
-                "node": spec.name,
-                "mesh_address": spec.mesh_address,
-                "scope": self.scope,
-                "etcd_hosts": etcd_hosts,
-                "dynamic": _yaml(dynamic),
-                "parameters": _yaml(POSTGRES_PARAMETERS),
-                "pg_hba": pg_hba(cfg),
-                "data_dir": f"/var/lib/postgresql/{pg}/airflow-ha",
-                "bin_dir": f"/usr/lib/postgresql/{pg}/bin",
-                "postgres_port": POSTGRES_PORT,
-                "rest_port": PATRONI_PORT,
-                "users": {
-                    "superuser": SUPERUSER,
-                    "replication": REPLICATION_USER,
-                    "rewind": REWIND_USER,
-                    "rest": REST_USER,
-                },
-                "passwords": passwords,
-            }
-            patroni = run_step(
-                "patroni",
-                node.access,
-                render(
-                    "database/patroni.sh.j2",
-                    {
-                        "node": spec.name,
-                        "mesh_address": spec.mesh_address,
-                        "pg": pg,
-                        "data_dir": patroni_context["data_dir"],
-                        "config": PATRONI_CONFIG,
-                        "dropin": PATRONI_DROPIN,
-                        "rest_port": PATRONI_PORT,
-                        "leader_away_unit": LEADER_AWAY_UNIT,
-                    },
-                ),
-                files=[
-                    *leader_away_files(spec),
-                    RemoteFile(
-                        PATRONI_CONFIG,
-                        render_output("database/patroni.yml.j2", patroni_context),
-                        mode="0600",
-                        owner="postgres:postgres",
-                    ),
-                    RemoteFile(
-                        PATRONI_DROPIN,
-                        render(
-                            "database/patroni.override.conf.j2",
-                            {"restart_sec": PATRONI_RESTART_SEC},
-                        ),
-                    ),
-                ],
-                parent=self,
-                depends_on=[etcd],
-                timeout_minutes=30,
-            )
-            haproxy = run_step(
-                "haproxy",
-                node.access,
-                render(
-                    "database/haproxy.sh.j2",
-                    {
-                        "node": spec.name,
-                        "primary_port": HAPROXY_PRIMARY_PORT,
-                        "replica_port": HAPROXY_REPLICA_PORT,
-                    },
-                ),
-                files=[RemoteFile("/etc/haproxy/haproxy.cfg", self.haproxy_cfg(cfg, spec))],
-                parent=self,
-                depends_on=[packages],
-            )
-            self.ready[spec.name] = run_step(
-                "airflow-db",
-                node.access,
-                render_output(
-                    "database/airflow-db.sh.j2",
-                    {
-                        "node": spec.name,
-                        "mesh_address": spec.mesh_address,
-                        "rest_port": PATRONI_PORT,
-                        "config": PATRONI_CONFIG,
-                        # One argument each, shell-quoted by the template.
-                        "settings": [
-                            arg for k, v in _yaml(dynamic).items() for arg in ("-s", f"{k}={v}")
-                        ],
-                        "user": AIRFLOW_USER,
-                        "database": AIRFLOW_DB,
-                        "password": passwords["airflow"],
-                        "haproxy_port": HAPROXY_PRIMARY_PORT,
-                    },
-                ),
-                parent=self,
-                depends_on=[patroni, haproxy],
-            )
-
-        self.stats_tunnels = {
-            node.spec.name: pulumi.Output.concat(
-                f"ssh -p {node.spec.port} -N -L {HAPROXY_STATS_PORT}:{node.spec.mesh_address}:"
-                f"{HAPROXY_STATS_PORT} {node.spec.user}@",
-                node.public_address,
-                f"  # then open http://127.0.0.1:{HAPROXY_STATS_PORT}/",
-            )
-            for node in nodes
+        self.ready: dict[str, pulumi.Resource] = {
+            node.spec.name: self._node(node) for node in args.nodes
         }
+        self.stats_tunnels = {node.spec.name: _stats_tunnel(node) for node in args.nodes}
         self.register_outputs(
             {"airflowDbUrl": self.airflow_db_url, "haproxyStats": self.stats_tunnels}
         )
 
-    def _etcd(
-        self,
-        cfg: ClusterConfig,
-        node: Node,
-        members: list[dict[str, str]],
-        depends_on: list[pulumi.Resource],
-    ) -> pulumi.Resource:
-        spec = node.spec
-        context = {
-            "node": spec.name,
-            "mesh_address": spec.mesh_address,
-            "client_port": ETCD_CLIENT_PORT,
-            "peer_port": ETCD_PEER_PORT,
-            "data_dir": ETCD_DATA_DIR,
-            "package_data_dir": ETCD_PACKAGE_DATA_DIR,
-            "members": members,
-            "token": f"airflow-ha-{cfg.stack}",
-            "heartbeat_ms": ETCD_HEARTBEAT_MS,
-            "election_ms": ETCD_ELECTION_MS,
-            "peer_client_urls": ",".join(
-                f"http://{m['mesh_address']}:{ETCD_CLIENT_PORT}"
-                for m in members
-                if m["name"] != spec.name
+    def _node(self, node: Node) -> pulumi.Resource:
+        """The node's steps, in order; the last one (`airflow-db`) is its `ready`."""
+        # Packages first, in one apt run, before any step writes a file that is also a
+        # package's conffile (/etc/default/etcd, haproxy.cfg): dpkg would stop to ask.
+        packages = run_step(
+            "database-packages",
+            node.access,
+            render(
+                "database/packages.sh.j2",
+                {"packages": packages_for(self._args.postgres_version)},
             ),
-            "peer_url": f"http://{spec.mesh_address}:{ETCD_PEER_PORT}",
-            "joined": f"{ETCD_DATA_DIR}.joined",
-            "dropin": ETCD_DROPIN,
-            "member_count": len(members),
-        }
+            parent=self,
+            depends_on=[self._args.after[node.spec.name]],
+        )
+        etcd = self._etcd(node, depends_on=[packages])
+        patroni = self._patroni(node, depends_on=[etcd])
+        haproxy = self._haproxy(node, depends_on=[packages])
+        return self._airflow_db(node, depends_on=[patroni, haproxy])
+
+    def _etcd(self, node: Node, depends_on: list[pulumi.Resource]) -> pulumi.Resource:
+        context = etcd_context(self.scope, node.spec, _members(self._args.nodes))
         return run_step(
             "etcd",
             node.access,
@@ -356,21 +313,91 @@ class DatabaseTier(pulumi.ComponentResource):
             depends_on=depends_on,
         )
 
-    @staticmethod
-    def haproxy_cfg(cfg: ClusterConfig, spec: NodeSpec) -> str:
-        """The node's haproxy.cfg: every node is a backend server, checked on Patroni's API."""
-        return render(
-            "database/haproxy.cfg.j2",
-            {
-                "node": spec.name,
-                "mesh_address": spec.mesh_address,
-                "servers": [{"name": n.name, "mesh_address": n.mesh_address} for n in cfg.nodes],
-                "primary_port": HAPROXY_PRIMARY_PORT,
-                "replica_port": HAPROXY_REPLICA_PORT,
-                "stats_port": HAPROXY_STATS_PORT,
-                "postgres_port": POSTGRES_PORT,
-                "rest_port": PATRONI_PORT,
-                "check": HAPROXY_CHECK,
-                "maxconn": HAPROXY_MAXCONN,
-            },
+    def _patroni(self, node: Node, depends_on: list[pulumi.Resource]) -> pulumi.Resource:
+        spec = node.spec
+        context = patroni_context(self._args, spec, self._passwords)
+        step = {
+            "node": spec.name,
+            "mesh_address": spec.mesh_address,
+            "pg": self._args.postgres_version,
+            "data_dir": context["data_dir"],
+            "config": PATRONI_CONFIG,
+            "dropin": PATRONI_DROPIN,
+            "rest_port": PATRONI_PORT,
+            "leader_away_unit": LEADER_AWAY_UNIT,
+        }
+        return run_step(
+            "patroni",
+            node.access,
+            render("database/patroni.sh.j2", step),
+            files=[
+                *leader_away_files(spec),
+                RemoteFile(
+                    PATRONI_CONFIG,
+                    render_output("database/patroni.yml.j2", context),
+                    mode="0600",
+                    owner="postgres:postgres",
+                ),
+                RemoteFile(
+                    PATRONI_DROPIN,
+                    render(
+                        "database/patroni.override.conf.j2", {"restart_sec": PATRONI_RESTART_SEC}
+                    ),
+                ),
+            ],
+            parent=self,
+            depends_on=depends_on,
+            timeout_minutes=30,
         )
+
+    def _haproxy(self, node: Node, depends_on: list[pulumi.Resource]) -> pulumi.Resource:
+        spec = node.spec
+        context = {
+            "node": spec.name,
+            "primary_port": HAPROXY_PRIMARY_PORT,
+            "replica_port": HAPROXY_REPLICA_PORT,
+        }
+        config = haproxy_cfg(_members(self._args.nodes), spec)
+        return run_step(
+            "haproxy",
+            node.access,
+            render("database/haproxy.sh.j2", context),
+            files=[RemoteFile("/etc/haproxy/haproxy.cfg", config)],
+            parent=self,
+            depends_on=depends_on,
+        )
+
+    def _airflow_db(self, node: Node, depends_on: list[pulumi.Resource]) -> pulumi.Resource:
+        """On the primary: Airflow's role and database and the stack's Patroni timings; on
+        every node: wait until Airflow's login works through the local HAProxy."""
+        spec = node.spec
+        dynamic = _yaml(dynamic_settings(self._args.patroni))
+        context = {
+            "node": spec.name,
+            "mesh_address": spec.mesh_address,
+            "rest_port": PATRONI_PORT,
+            "config": PATRONI_CONFIG,
+            # One argument each, shell-quoted by the template.
+            "settings": [arg for k, v in dynamic.items() for arg in ("-s", f"{k}={v}")],
+            "user": AIRFLOW_USER,
+            "database": AIRFLOW_DB,
+            "password": self._passwords["airflow"],
+            "haproxy_port": HAPROXY_PRIMARY_PORT,
+        }
+        return run_step(
+            "airflow-db",
+            node.access,
+            render_output("database/airflow-db.sh.j2", context),
+            parent=self,
+            depends_on=depends_on,
+        )
+
+
+def _stats_tunnel(node: Node) -> pulumi.Output[str]:
+    spec = node.spec
+    return pulumi.Output.concat(
+        f"ssh -p {spec.port} -N -L {HAPROXY_STATS_PORT}:{spec.mesh_address}:"
+        f"{HAPROXY_STATS_PORT} {spec.user}@",
+        node.public_address,
+        f"  # then open http://127.0.0.1:{HAPROXY_STATS_PORT}/",
+    )

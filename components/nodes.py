@@ -1,8 +1,8 @@
 """Nodes: one VM per node (Hetzner Cloud or AWS) or an existing server, plus the base step.
 
 Order inside the tier: every node's public address first (a Hetzner primary IP, an AWS Elastic
-IP, or the static host), so that each firewall can admit WireGuard only from the other nodes;
-then the firewall/security group and the server; then the base step over SSH.
+IP, or the static host), since each firewall admits WireGuard only from the other nodes'
+addresses; then the firewall/security group and the server; then the base step over SSH.
 Public ingress: 22/tcp from adminCidrs, 51820/udp from the other nodes, 443/tcp only with
 publicUi. Nothing else.
 """
@@ -10,33 +10,70 @@ publicUi. Nothing else.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import pulumi
 
-from .config import ClusterConfig, NodeSpec
+from .config import NodeSpec
+from .layout import UI_PORT, WIREGUARD_PORT
 from .remote import NodeAccess, RemoteFile, render, run_step
 
 HCLOUD_IMAGE = "debian-13"
 # Debian's own AWS account publishes the official AMIs.
 DEBIAN_AMI_OWNER = "136693071363"
 DEBIAN_AMI_NAME = "debian-13-amd64-*"
-UI_PORT = 443
 
 
-def ingress_rules(cfg: ClusterConfig, peer_addresses: Sequence[pulumi.Input[str]]) -> list[dict]:
+@dataclass(frozen=True)
+class NodesArgs:
+    """What the nodes tier needs from the stack config."""
+
+    nodes: tuple[NodeSpec, ...]
+    cluster: str  # "airflow-ha-<stack>": cloud labels and tags, the Hetzner SSH key's name
+    admin_cidrs: tuple[str, ...]
+    public_ui: bool
+    ssh_public_key: str | None
+    ssh_private_key: Any  # str or a secret pulumi.Output[str]
+    aws_vpc_cidr: str
+
+
+@dataclass(frozen=True)
+class NodeArgs:
+    """One node: its spec, the tier's settings, and the other nodes' public addresses (the
+    sources its firewall admits WireGuard from), which Nodes resolves once every node has one."""
+
+    spec: NodeSpec
+    tier: NodesArgs
+    peer_addresses: pulumi.Input[Sequence[str]]
+    hcloud_key: pulumi.Resource | None = None
+
+
+@dataclass(frozen=True)
+class Machine:
+    """A cloud node's server and the resource after which it answers at its public address:
+    the server itself on Hetzner (created on its primary IP), the Elastic IP's association on
+    AWS. Steps wait for `reachable`, and its id is the machine's identity in their triggers:
+    a replaced instance gets a new association, so every step on it runs again."""
+
+    server: pulumi.CustomResource
+    reachable: pulumi.CustomResource
+
+
+def ingress_rules(args: NodesArgs, peer_addresses: pulumi.Input[Sequence[str]]) -> list[dict]:
     """The public ingress of every node, cloud-neutral: protocol, port, sources."""
     rules = [
-        {"protocol": "tcp", "port": 22, "sources": list(cfg.admin_cidrs), "why": "SSH for admins"},
+        {"protocol": "tcp", "port": 22, "sources": list(args.admin_cidrs), "why": "SSH for admins"},
         {
             "protocol": "udp",
-            "port": cfg.wireguard_port,
-            "sources": [
-                pulumi.Output.from_input(a).apply(lambda ip: f"{ip}/32") for a in peer_addresses
-            ],
+            "port": WIREGUARD_PORT,
+            "sources": pulumi.Output.from_input(peer_addresses).apply(
+                lambda ips: [f"{ip}/32" for ip in ips]
+            ),
             "why": "WireGuard from the other nodes",
         },
     ]
-    if cfg.public_ui:
+    if args.public_ui:
         rules.append(
             {"protocol": "tcp", "port": UI_PORT, "sources": ["0.0.0.0/0"], "why": "Airflow UI"}
         )
@@ -44,17 +81,40 @@ def ingress_rules(cfg: ClusterConfig, peer_addresses: Sequence[pulumi.Input[str]
 
 
 class Node(pulumi.ComponentResource):
-    """One node. Built in two phases: the address (so peers can name it), then the machine."""
+    """One node, complete once constructed: its public address, its machine (None for a static
+    node), how steps reach it (`access`) and its base step (`base`)."""
 
-    def __init__(
-        self, spec: NodeSpec, cfg: ClusterConfig, opts: pulumi.ResourceOptions | None = None
-    ):
+    def __init__(self, args: NodeArgs, opts: pulumi.ResourceOptions | None = None):
+        spec = args.spec
         super().__init__("airflow-ha:nodes:Node", spec.name, None, opts)
         self.spec = spec
-        self.cfg = cfg
-        self._eip = None
-        self._primary_ip = None
+        self._tier = args.tier
+        self._primary_ip: Any = None  # hcloud.PrimaryIp
+        self._eip: Any = None  # aws.ec2.Eip
         self._provider: pulumi.ProviderResource | None = None
+        self.public_address: pulumi.Output[str] = self._address()
+        rules = ingress_rules(args.tier, args.peer_addresses)
+        self.machine: Machine | None = None
+        if spec.cloud == "hcloud":
+            self.machine = self._hcloud_server(rules, args.hcloud_key)
+        elif spec.cloud == "aws":
+            self.machine = self._aws_machine(rules)
+        self.access = NodeAccess(
+            name=spec.name,
+            host=self.public_address,
+            user=spec.user,
+            port=spec.port,
+            private_key=args.tier.ssh_private_key,
+            instance=self.machine.reachable.id if self.machine else None,
+        )
+        self.base: pulumi.Resource = self._base_step()
+        self.register_outputs(
+            {"publicAddress": self.public_address, "meshAddress": self.spec.mesh_address}
+        )
+
+    def _address(self) -> pulumi.Output[str]:
+        """The node's public address, made first so that peers' firewalls can name it."""
+        spec, cluster = self.spec, self._tier.cluster
         if spec.cloud == "hcloud":
             import pulumi_hcloud as hcloud
 
@@ -64,11 +124,11 @@ class Node(pulumi.ComponentResource):
                 location=spec.location,
                 assignee_type="server",
                 auto_delete=False,
-                labels={"cluster": f"airflow-ha-{cfg.stack}", "node": spec.name},
+                labels={"cluster": cluster, "node": spec.name},
                 opts=pulumi.ResourceOptions(parent=self),
             )
-            self.public_address: pulumi.Output[str] = self._primary_ip.ip_address
-        elif spec.cloud == "aws":
+            return self._primary_ip.ip_address
+        if spec.cloud == "aws":
             import pulumi_aws as aws
 
             self._provider = aws.Provider(
@@ -79,33 +139,14 @@ class Node(pulumi.ComponentResource):
             self._eip = aws.ec2.Eip(
                 f"{spec.name}-eip",
                 domain="vpc",
-                tags={"Name": f"airflow-ha-{cfg.stack}-{spec.name}"},
+                tags={"Name": f"{cluster}-{spec.name}"},
                 opts=pulumi.ResourceOptions(parent=self, provider=self._provider),
             )
-            self.public_address = self._eip.public_ip
-        else:
-            self.public_address = pulumi.Output.from_input(spec.host)
-        self.server: pulumi.Resource | None = None
-        self.base: pulumi.Resource | None = None
+            return self._eip.public_ip
+        return pulumi.Output.from_input(spec.host)
 
-    # --- phase 2 -------------------------------------------------------------------------
-    def provision(
-        self, peer_addresses: Sequence[pulumi.Input[str]], hcloud_key: pulumi.Resource | None
-    ) -> None:
-        rules = ingress_rules(self.cfg, peer_addresses)
-        if self.spec.cloud == "hcloud":
-            self.server = self._hcloud_server(rules, hcloud_key)
-        elif self.spec.cloud == "aws":
-            self.server = self._aws_instance(rules)
-        self.access = NodeAccess(
-            name=self.spec.name,
-            host=self.public_address,
-            user=self.spec.user,
-            port=self.spec.port,
-            private_key=self.cfg.ssh_private_key,
-            instance=self.server.id if self.server else None,
-        )
-        self.base = run_step(
+    def _base_step(self) -> pulumi.Resource:
+        return run_step(
             "base",
             self.access,
             render("base/base.sh.j2", {"node": self.spec.name}),
@@ -121,16 +162,13 @@ class Node(pulumi.ComponentResource):
                 ),
             ],
             parent=self,
-            depends_on=[self.server] if self.server else [],
-        )
-        self.register_outputs(
-            {"publicAddress": self.public_address, "meshAddress": self.spec.mesh_address}
+            depends_on=[self.machine.reachable] if self.machine else [],
         )
 
-    def _hcloud_server(self, rules: list[dict], key: pulumi.Resource | None) -> pulumi.Resource:
+    def _hcloud_server(self, rules: list[dict], key: pulumi.Resource | None) -> Machine:
         import pulumi_hcloud as hcloud
 
-        spec = self.spec
+        spec, cluster = self.spec, self._tier.cluster
         firewall = hcloud.Firewall(
             f"{spec.name}-firewall",
             rules=[
@@ -143,11 +181,10 @@ class Node(pulumi.ComponentResource):
                 )
                 for r in rules
             ],
-            labels={"cluster": f"airflow-ha-{self.cfg.stack}"},
+            labels={"cluster": cluster},
             opts=pulumi.ResourceOptions(parent=self),
         )
-        assert self._primary_ip is not None
-        return hcloud.Server(
+        server = hcloud.Server(
             spec.name,
             server_type=spec.size,
             image=HCLOUD_IMAGE,
@@ -159,46 +196,85 @@ class Node(pulumi.ComponentResource):
                     ipv4_enabled=True, ipv4=self._primary_ip.id.apply(int), ipv6_enabled=False
                 )
             ],
-            labels={"cluster": f"airflow-ha-{self.cfg.stack}", "node": spec.name},
+            labels={"cluster": cluster, "node": spec.name},
             opts=pulumi.ResourceOptions(parent=self),
         )
+        return Machine(server=server, reachable=server)
 
-    def _aws_instance(self, rules: list[dict]) -> pulumi.Resource:
+    def _aws_machine(self, rules: list[dict]) -> Machine:
         import pulumi_aws as aws
 
         spec = self.spec
-        provider = self._provider
-        opts = pulumi.ResourceOptions(parent=self, provider=provider)
-        tags = {
-            "Name": f"airflow-ha-{self.cfg.stack}-{spec.name}",
-            "cluster": f"airflow-ha-{self.cfg.stack}",
-        }
-        vpc = aws.ec2.Vpc(
-            f"{spec.name}-vpc",
-            cidr_block=self.cfg.aws_vpc_cidr,
-            enable_dns_hostnames=True,
+        opts = pulumi.ResourceOptions(parent=self, provider=self._provider)
+        tags = {"Name": f"{self._tier.cluster}-{spec.name}", "cluster": self._tier.cluster}
+        vpc, subnet = self._aws_network(tags, opts)
+        group = self._aws_security_group(vpc, rules, tags, opts)
+        key_pair = aws.ec2.KeyPair(
+            f"{spec.name}-key", public_key=self._tier.ssh_public_key, tags=tags, opts=opts
+        )
+        ami = aws.ec2.get_ami_output(
+            most_recent=True,
+            owners=[DEBIAN_AMI_OWNER],
+            filters=[
+                aws.ec2.GetAmiFilterArgs(name="name", values=[DEBIAN_AMI_NAME]),
+                aws.ec2.GetAmiFilterArgs(name="architecture", values=["x86_64"]),
+            ],
+            opts=pulumi.InvokeOutputOptions(provider=self._provider),
+        )
+        instance = aws.ec2.Instance(
+            spec.name,
+            ami=ami.id,
+            instance_type=spec.size,
+            subnet_id=subnet.id,
+            vpc_security_group_ids=[group.id],
+            key_name=key_pair.key_name,
+            root_block_device=aws.ec2.InstanceRootBlockDeviceArgs(
+                volume_size=40, volume_type="gp3", encrypted=True
+            ),
+            metadata_options=aws.ec2.InstanceMetadataOptionsArgs(http_tokens="required"),
             tags=tags,
             opts=opts,
         )
-        subnet_cidr = self.cfg.aws_vpc_cidr.rsplit("/", 1)[0] + "/24"
-        subnet = aws.ec2.Subnet(
-            f"{spec.name}-subnet", vpc_id=vpc.id, cidr_block=subnet_cidr, tags=tags, opts=opts
+        association = aws.ec2.EipAssociation(
+            f"{spec.name}-eip-assoc", instance_id=instance.id, allocation_id=self._eip.id, opts=opts
         )
-        gateway = aws.ec2.InternetGateway(f"{spec.name}-igw", vpc_id=vpc.id, tags=tags, opts=opts)
+        return Machine(server=instance, reachable=association)
+
+    def _aws_network(self, tags: dict[str, str], opts: pulumi.ResourceOptions) -> tuple[Any, Any]:
+        """The node's own VPC and public subnet, routed to the internet; (vpc, subnet)."""
+        import pulumi_aws as aws
+
+        name, cidr = self.spec.name, self._tier.aws_vpc_cidr
+        vpc = aws.ec2.Vpc(
+            f"{name}-vpc", cidr_block=cidr, enable_dns_hostnames=True, tags=tags, opts=opts
+        )
+        subnet_cidr = cidr.rsplit("/", 1)[0] + "/24"
+        subnet = aws.ec2.Subnet(
+            f"{name}-subnet", vpc_id=vpc.id, cidr_block=subnet_cidr, tags=tags, opts=opts
+        )
+        gateway = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=vpc.id, tags=tags, opts=opts)
         routes = aws.ec2.RouteTable(
-            f"{spec.name}-routes",
+            f"{name}-routes",
             vpc_id=vpc.id,
             routes=[aws.ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0", gateway_id=gateway.id)],
             tags=tags,
             opts=opts,
         )
         aws.ec2.RouteTableAssociation(
-            f"{spec.name}-routes-assoc", subnet_id=subnet.id, route_table_id=routes.id, opts=opts
+            f"{name}-routes-assoc", subnet_id=subnet.id, route_table_id=routes.id, opts=opts
         )
-        group = aws.ec2.SecurityGroup(
-            f"{spec.name}-sg",
+        return vpc, subnet
+
+    def _aws_security_group(
+        self, vpc: Any, rules: list[dict], tags: dict[str, str], opts: pulumi.ResourceOptions
+    ) -> Any:
+        import pulumi_aws as aws
+
+        name = self.spec.name
+        return aws.ec2.SecurityGroup(
+            f"{name}-sg",
             vpc_id=vpc.id,
-            description=f"airflow-ha {spec.name}: SSH from admins, WireGuard from peers",
+            description=f"airflow-ha {name}: SSH from admins, WireGuard from peers",
             ingress=[
                 aws.ec2.SecurityGroupIngressArgs(
                     protocol=r["protocol"],
@@ -221,55 +297,37 @@ class Node(pulumi.ComponentResource):
             tags=tags,
             opts=opts,
         )
-        key_pair = aws.ec2.KeyPair(
-            f"{spec.name}-key", public_key=self.cfg.ssh_public_key, tags=tags, opts=opts
-        )
-        ami = aws.ec2.get_ami_output(
-            most_recent=True,
-            owners=[DEBIAN_AMI_OWNER],
-            filters=[
-                aws.ec2.GetAmiFilterArgs(name="name", values=[DEBIAN_AMI_NAME]),
-                aws.ec2.GetAmiFilterArgs(name="architecture", values=["x86_64"]),
-            ],
-            opts=pulumi.InvokeOutputOptions(provider=provider),
-        )
-        instance = aws.ec2.Instance(
-            spec.name,
-            ami=ami.id,
-            instance_type=spec.size,
-            subnet_id=subnet.id,
-            vpc_security_group_ids=[group.id],
-            key_name=key_pair.key_name,
-            root_block_device=aws.ec2.InstanceRootBlockDeviceArgs(
-                volume_size=40, volume_type="gp3", encrypted=True
-            ),
-            metadata_options=aws.ec2.InstanceMetadataOptionsArgs(http_tokens="required"),
-            tags=tags,
-            opts=opts,
-        )
-        association = aws.ec2.EipAssociation(
-            f"{spec.name}-eip-assoc", instance_id=instance.id, allocation_id=self._eip.id, opts=opts
-        )
-        return association
 
 
 class Nodes(pulumi.ComponentResource):
-    """The nodes tier: every node, its address first, then machines and base steps."""
+    """The nodes tier: every node, each complete when constructed.
 
-    def __init__(self, cfg: ClusterConfig, opts: pulumi.ResourceOptions | None = None):
-        super().__init__("airflow-ha:nodes:Nodes", "nodes", None, opts)
-        self.nodes = [Node(spec, cfg, pulumi.ResourceOptions(parent=self)) for spec in cfg.nodes]
+    A node's firewall admits WireGuard from the other nodes' public addresses, which exist only
+    once those nodes are constructed: each node gets a deferred Output of its peers' addresses,
+    resolved here after the last node, so that every node is built in one go.
+    """
+
+    def __init__(self, name: str, args: NodesArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("airflow-ha:nodes:Nodes", name, None, opts)
         hcloud_key = None
-        if any(n.cloud == "hcloud" for n in cfg.nodes):
+        if any(n.cloud == "hcloud" for n in args.nodes):
             import pulumi_hcloud as hcloud
 
             # One key per project: Hetzner refuses the same key twice.
             hcloud_key = hcloud.SshKey(
-                f"airflow-ha-{cfg.stack}",
-                public_key=cfg.ssh_public_key,
+                args.cluster,
+                public_key=args.ssh_public_key,
                 opts=pulumi.ResourceOptions(parent=self),
             )
+        peers = {spec.name: pulumi.deferred_output() for spec in args.nodes}
+        self.nodes = [
+            Node(
+                NodeArgs(spec, args, peers[spec.name][0], hcloud_key),
+                pulumi.ResourceOptions(parent=self),
+            )
+            for spec in args.nodes
+        ]
         for node in self.nodes:
-            peers = [other.public_address for other in self.nodes if other is not node]
-            node.provision(peers, hcloud_key)
+            resolve = peers[node.spec.name][1]
+            resolve(pulumi.Output.all(*[o.public_address for o in self.nodes if o is not node]))
         self.register_outputs({})

@@ -151,6 +151,12 @@ def _key_of(urn: str) -> Key:
     return qualified_type.split("$")[-1], name
 
 
+def _split(type_and_name: str) -> Key:
+    """The engine double's "type::name" as a key."""
+    resource_type, _, name = type_and_name.partition("::")
+    return resource_type, name
+
+
 def plan_resources(values: dict[str, Any], stack: str) -> dict[Key, Planned]:
     """Run the program once without touching a node (as `pulumi preview` would before `up`)
     for its resources' real URNs, parents and dependencies."""
@@ -171,7 +177,7 @@ def plan_resources(values: dict[str, Any], stack: str) -> dict[Key, Planned]:
             key,
             f"urn:pulumi:{stack}::{NAMESPACE}::{qualified(key)}::{key[1]}",
             parents.get(key),
-            {_key_of(urn) for urn in engine.dependencies.get(key, [])},
+            {_split(dep) for dep in engine.dependencies.get(key, frozenset())},
         )
         for key in ((r.type, r.name) for r in engine.resources)
     }

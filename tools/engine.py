@@ -28,6 +28,7 @@ from components.config_schema import describe
 REPO = Path(__file__).resolve().parent.parent
 STACKS_DIR = REPO / "stacks"
 SECRET_CONFIG_KEYS = ("sshPrivateKey",)
+COMMAND = "command:remote:Command"  # a step
 STEP_HEADER = re.compile(r'^# airflow-ha step "(?P<step>[^"]+)" on node (?P<node>\S+)', re.M)
 PRINTS = re.compile(r"^# prints: (?P<keys>.+?) \(as key=value lines\)$", re.M)
 FILE_BLOCK = re.compile(
@@ -166,22 +167,27 @@ def _host_byte(name: str) -> int:
     return hashlib.sha256(name.encode()).digest()[0] % 250 + 1
 
 
-class _ParentRecordingMonitor(pulumi_mocks.MockMonitor):
-    """The SDK's mock monitor, remembering each resource's parent for the resource tree."""
+def _key(urn: str) -> str:
+    """"type::name" of a URN (its last type, without the parents' types before "$")."""
+    qualified_type, name = urn.split("::")[-2:]
+    return f"{qualified_type.split('$')[-1]}::{name}"
+
+
+class _RecordingMonitor(pulumi_mocks.MockMonitor):
+    """The SDK's mock monitor, remembering each resource's parent (for the resource tree) and
+    what it waits for (so that tests and the offline render can state the order)."""
 
     def RegisterResource(self, request):
         if request.type != "pulumi:pulumi:Stack":
-            parent_key = ""
-            if request.parent:
-                qualified_type, parent_name = request.parent.split("::")[-2:]
-                parent_type = qualified_type.split("$")[-1]
-                if parent_type != "pulumi:pulumi:Stack":
-                    parent_key = f"{parent_type}::{parent_name}"
+            parent_key = _key(request.parent) if request.parent else ""
+            if parent_key.startswith("pulumi:pulumi:Stack::"):
+                parent_key = ""
+            key = (request.type, request.name)
             with self.mocks.lock:
-                self.mocks.parents[(request.type, request.name)] = parent_key
-                # What the engine orders this resource after (URNs), for tools.deploy's
-                # --target-dependents.
-                self.mocks.dependencies[(request.type, request.name)] = list(request.dependencies)
+                self.mocks.parents[key] = parent_key
+                # The SDK sends depends_on and the resources the inputs' Outputs come from as
+                # one list: both are what the engine waits for before creating the resource.
+                self.mocks.dependencies[key] = frozenset(_key(u) for u in request.dependencies)
         return super().RegisterResource(request)
 
 
@@ -192,7 +198,8 @@ class Engine(pulumi_mocks.Mocks):
         self.lock = threading.Lock()
         self.resources: list[Registered] = []
         self.parents: dict[tuple[str, str], str] = {}  # (type, name) -> "parent-type::name"
-        self.dependencies: dict[tuple[str, str], list[str]] = {}  # (type, name) -> URNs
+        # (type, name) -> {"type::name", ...}: its depends_on and its inputs' resources.
+        self.dependencies: dict[tuple[str, str], frozenset[str]] = {}
         self.secret_outputs: set[str] = set()  # stack outputs that are secrets
         self._counter = 0
 
@@ -221,7 +228,7 @@ class Engine(pulumi_mocks.Mocks):
         outputs = dict(args.inputs)  # secrets stay wrapped, so outputs stay secret
         inputs, secret_paths = unwrap_secrets(dict(args.inputs))
         typ = args.typ
-        if typ == "command:remote:Command":
+        if typ == COMMAND:
             outputs.update(self.run_command(args.name, inputs))
         elif typ == "random:index/randomPassword:RandomPassword":
             outputs["result"] = rpc.wrap_rpc_secret(
@@ -251,7 +258,17 @@ class Engine(pulumi_mocks.Mocks):
         return [r for r in sorted(self.resources, key=lambda r: r.order) if r.type == typ]
 
     def steps(self) -> list[Step]:
-        return [parse_step(r.inputs["stdin"]) for r in self.of_type("command:remote:Command")]
+        return [parse_step(r.inputs["stdin"]) for r in self.of_type(COMMAND)]
+
+    def waits_for(self, name: str, typ: str = COMMAND) -> set[str]:
+        """The names of the steps a resource (a step unless `typ` says otherwise) waits for
+        directly: those in its depends_on and those whose outputs its inputs read."""
+        prefix = f"{COMMAND}::"
+        return {
+            key.removeprefix(prefix)
+            for key in self.dependencies[(typ, name)]
+            if key.startswith(prefix)
+        }
 
 
 def config_for_engine(
@@ -301,7 +318,7 @@ def run_program(
         project=NAMESPACE,
         stack=stack,
         preview=False,
-        monitor=_ParentRecordingMonitor(engine),
+        monitor=_RecordingMonitor(engine),
     )
     outputs: dict[str, Any] = {}
     engine.secret_outputs = set()

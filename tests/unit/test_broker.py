@@ -167,17 +167,6 @@ def test_first_configuration_resets_only_a_node_without_the_marker(local) -> Non
         assert step.prints == ["rabbitmqNode"]
 
 
-def test_cluster_steps_wait_for_every_install(local) -> None:
-    engine, _ = local
-    assert _steps(engine, "rabbitmq-install") and _steps(engine, "rabbitmq-cluster")
-    order = {r.name: r.order for r in engine.of_type("command:remote:Command")}
-    last_install = max(order[f"{n}-rabbitmq-install"] for n in NODES)
-    first_cluster = min(order[f"{n}-rabbitmq-cluster"] for n in NODES)
-    assert first_cluster > last_install
-    assert order["node-a-rabbitmq-users"] > max(order[f"{n}-rabbitmq-cluster"] for n in NODES)
-    assert min(order[f"{n}-rabbitmq-check"] for n in NODES) > order["node-a-rabbitmq-users"]
-
-
 def test_check_step_rejects_listeners_beyond_mesh_and_loopback(local) -> None:
     engine, outputs = local
     mesh = _mesh(outputs)
@@ -192,14 +181,11 @@ def test_check_step_rejects_listeners_beyond_mesh_and_loopback(local) -> None:
             assert not re.search(allowed, bad)
 
 
-def test_vhost_user_and_guest_steps_are_guarded(local) -> None:
+def test_users_step_never_pipes_rabbitmqctl_into_grep_q(local) -> None:
     engine, _ = local
     script = _steps(engine, "rabbitmq-users")["node-a"].script
-    assert "add_vhost \"$vhost\" --default-queue-type quorum" in script
-    assert "update_vhost_metadata \"$vhost\" --default-queue-type quorum" in script
-    assert 'rmq set_permissions -p "$vhost" "$user" ".*" ".*" ".*"' in script
-    assert "rmq delete_user guest" in script
-    # rabbitmqctl never feeds `grep -q` directly (pipefail would fail on its EPIPE).
+    # The vhost (quorum by default), the permissions and guest's removal are in the render
+    # snapshots. rabbitmqctl never feeds `grep -q` directly (pipefail would fail on its EPIPE).
     code = "\n".join(line for line in script.splitlines() if not line.lstrip().startswith("#"))
     assert not re.search(r"rabbitmqctl[^\n|]*\|\s*grep -q", code)
 
@@ -222,8 +208,10 @@ def test_step_scripts_pass_bash_and_shellcheck(local, tmp_path) -> None:
 
 def _build_tier(values, stack: str) -> tuple[Engine, dict]:
     """Build nodes, mesh and the broker tier alone; return its outputs with their secretness."""
+    from components.cluster import broker_args, nodes_args
     from components.nodes import Nodes
-    from components.vpn import VpnMesh
+    from components.tier import TierArgs
+    from components.vpn import VpnArgs, VpnMesh
 
     cfg = parse_config(values(stack), stack=stack)
     engine = Engine()
@@ -231,9 +219,9 @@ def _build_tier(values, stack: str) -> tuple[Engine, dict]:
     seen: dict = {}
 
     def program():
-        nodes = Nodes(cfg)
-        mesh = VpnMesh(cfg, nodes.nodes)
-        tier = broker.BrokerTier(cfg, nodes.nodes, mesh)
+        nodes = Nodes("nodes", nodes_args(cfg))
+        mesh = VpnMesh("mesh", VpnArgs(nodes.nodes, cfg.mesh_prefix_len))
+        tier = broker.BrokerTier("broker", broker_args(cfg, TierArgs(nodes.nodes, mesh.ready)))
 
         async def gather() -> None:
             for attr in ("broker_url", "password", "management_tunnel"):

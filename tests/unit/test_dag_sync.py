@@ -88,8 +88,6 @@ def test_server_listens_on_the_mesh_address_only(local) -> None:
         dropin = _file(step, dag_sync.SOCKET_DROPIN)
         assert "ListenStream=\n" in dropin  # the package's ListenStream=30865 (all addresses) goes
         assert f"ListenStream={mesh}:30865" in dropin
-        assert "systemctl enable csync2.socket" in step.script
-        assert "update-inetd --disable csync2" in step.script
 
 
 def test_cron_runs_the_sync_every_minute_towards_the_other_nodes(local) -> None:

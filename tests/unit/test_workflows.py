@@ -276,7 +276,7 @@ def test_runbook_paths_and_ports_match_the_program(values):
         dag_sync.CRON_FILE,
         airflow.DAGS_DIR,
         airflow.CLI_WRAPPER,
-        *airflow.services(cfg, cfg.nodes[0].name),  # the unit names
+        *airflow.services(cfg.nodes[0].name),  # the unit names
     ):
         assert str(fact) in text, fact
 
