@@ -304,7 +304,7 @@ def test_restarts_only_after_a_change(local) -> None:
         assert f"if changed {airflow.WATCHDOG_SCRIPT}; then" not in step.script
         assert not any(f"restart {name}" in step.script for name in SERVICES)
     # The start step's own behaviour (restart only with the marker) is run in
-    # test_a_change_stops_every_unit_then_starts_them_and_nothing_else_restarts.
+    # test_airflow_steps.py.
 
 
 def _shellcheck(path) -> None:
@@ -644,49 +644,3 @@ def test_celery_result_store_outlasts_a_database_failover(local) -> None:
     tries = extra["result_backend_max_retries"]
     expected_s = sum(min(cap, base * 2**n) / 2 for n in range(tries)) / 1000
     assert 60 <= expected_s <= 300, expected_s
-
-
-def _run_start_step(step, tmp_path, changed: bool) -> list[str]:
-    """The start step's script under stubbed systemctl/curl/ss; what systemctl was asked."""
-    marker = tmp_path / "restart-needed"
-    if changed:
-        marker.touch()
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir(exist_ok=True)
-    calls = tmp_path / "systemctl"
-    stubs = {
-        "systemctl": f'#!/bin/sh\necho "$*" >> {calls}\n',
-        # The api-server and its health answer; Flower asks for its password (401).
-        "curl": "#!/bin/sh\ncase \"$*\" in\n"
-        '  *monitor/health*) echo \'{"metadatabase": {"status": "healthy"}, '
-        '"scheduler": {"status": "healthy"}}\' ;;\n'
-        "  *http_code*) printf 401 ;;\n"
-        "esac\n",
-        "ss": "#!/bin/sh\n",
-    }
-    for name, body in stubs.items():
-        (bin_dir / name).write_text(body)
-        (bin_dir / name).chmod(0o755)
-    script = step.script.replace(airflow.RESTART_MARKER, str(marker))
-    result = subprocess.run(["bash", "-c", script], env={"PATH": f"{bin_dir}:/usr/bin:/bin"},
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    assert not marker.exists()
-    return calls.read_text().splitlines()
-
-
-def test_a_change_stops_every_unit_then_starts_them_and_nothing_else_restarts(
-    local, tmp_path
-) -> None:
-    engine, _ = local
-    step = _steps(engine, "airflow-start")["node-a"]
-    units = " ".join(SERVICES)
-    calls = _run_start_step(step, tmp_path, changed=True)
-    # The worker stopped alone first (its tasks end while the api-server answers), then every
-    # unit, then one start; never `restart`, which stopped the api-server first.
-    actions = [c for c in calls if c.split()[0] in ("stop", "start", "restart")]
-    assert actions == ["stop airflow-worker", f"stop {units}", f"start {units}"]
-    # Nothing changed (a forced re-run): start only, which leaves running units alone.
-    (tmp_path / "again").mkdir()
-    calls = _run_start_step(step, tmp_path / "again", changed=False)
-    assert [c for c in calls if c.split()[0] in ("stop", "start", "restart")] == [f"start {units}"]

@@ -10,6 +10,7 @@ import subprocess
 import pytest
 
 from components import dag_sync
+from tests.unit.stepharness import Answer, Node
 
 
 def _steps(engine):
@@ -104,28 +105,10 @@ def test_cron_runs_the_sync_every_minute_towards_the_other_nodes(local) -> None:
 
 def _run_sync(script: str, tmp_path, down: set[str]) -> list[str]:
     """Run the sync script with stand-ins for ping and csync2; return csync2's arguments."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir(parents=True)
-    calls = tmp_path / "calls"
-    (bin_dir / "ping").write_text(
-        "#!/bin/sh\nfor a; do last=$a; done\n"
-        + "".join(f'[ "$last" = {n} ] && exit 1\n' for n in sorted(down))
-        + "exit 0\n"
-    )
-    (bin_dir / "csync2").write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
-    for tool in ("ping", "csync2"):
-        (bin_dir / tool).chmod(0o755)
-    path = tmp_path / "sync.sh"
-    path.write_text(script.replace("/run/airflow-ha-dag-sync.lock", str(tmp_path / "lock")))
-    result = subprocess.run(
-        ["bash", str(path)],
-        env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert result.returncode == 0, result.stderr
-    return calls.read_text().splitlines()
+    ping = [Answer(f"* {peer}", status=1) for peer in sorted(down)] + [Answer()]
+    ran = Node(tmp_path).run(script, {"ping": ping, "csync2": Answer()})
+    assert ran.returncode == 0, ran.stderr
+    return [" ".join(call.args) for call in ran.calls if call.name == "csync2"]
 
 
 def test_a_peer_that_is_down_does_not_hold_up_the_others(local, tmp_path) -> None:
