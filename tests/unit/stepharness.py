@@ -98,6 +98,11 @@ class Node:
         """Where an absolute path is on this node (below the root)."""
         return self.root / path.lstrip("/")
 
+    def dir(self, path: str) -> Path:
+        target = self.path(path)
+        target.mkdir(parents=True, exist_ok=True)
+        return target
+
     def file(self, path: str, content: str = "", mode: int = 0o644) -> Path:
         target = self.path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
