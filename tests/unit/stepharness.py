@@ -14,6 +14,7 @@ assert the decisions (which commands, with which arguments), not the script's te
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
 import shutil
@@ -22,7 +23,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tools.engine import FILE_BLOCK
+from tests.conftest import stack_values
+from tools.engine import FILE_BLOCK, Engine, Step, run_program
 
 # Where a node's state lives: moved below the scratch root.
 ROOTED = ("/etc/", "/var/", "/opt/", "/run/", "/usr/local/", "/srv/")
@@ -35,6 +37,20 @@ REAL_TOOLS = (
 )
 CLOCK_START = 1_700_000_000
 FIELD, STDIN, RECORD = "\x1f", "\x1d", "\x1e"
+
+
+@functools.cache
+def local_stack() -> Engine:
+    """The local stack rendered by the real program under the engine double, once."""
+    engine = Engine()
+    run_program(stack_values("local"), engine, "local")
+    return engine
+
+
+def rendered_step(name: str, node: str = "node-a", engine: Engine | None = None) -> Step:
+    """One node's step as the program rendered it (the local stack unless `engine`)."""
+    (found,) = [s for s in (engine or local_stack()).steps() if s.step == name and s.node == node]
+    return found
 
 
 @dataclass(frozen=True)

@@ -8,31 +8,11 @@ from pathlib import Path
 import pytest
 
 from components import airflow
-from tests.conftest import stack_values
-from tests.unit.stepharness import Answer, Node, Ran
-from tools.engine import Engine, Step, run_program
+from tests.unit.stepharness import Answer, Node, Ran, rendered_step
+from tests.unit.test_airflow import SERVICES
+from tools.engine import Step
 
-SERVICES = (
-    "airflow-api-server",
-    "airflow-scheduler",
-    "airflow-dag-processor",
-    "airflow-triggerer",
-    "airflow-worker",
-    "airflow-flower",
-)
 HEALTHY = '{"metadatabase": {"status": "healthy"}, "scheduler": {"status": "healthy"}}'
-
-
-@pytest.fixture(scope="module")
-def local() -> Engine:
-    engine = Engine()
-    run_program(stack_values("local"), engine, "local")
-    return engine
-
-
-def _step(engine: Engine, name: str, node: str = "node-a") -> Step:
-    (step,) = [s for s in engine.steps() if s.step == name and s.node == node]
-    return step
 
 
 def _start_stubs(listeners: str = "") -> dict:
@@ -52,9 +32,9 @@ def _actions(ran: Ran) -> list[str]:
 
 
 def test_a_change_stops_every_unit_then_starts_them_and_nothing_else_restarts(
-    local: Engine, tmp_path: Path
+    tmp_path: Path
 ) -> None:
-    script = _step(local, "airflow-start").script
+    script = rendered_step("airflow-start").script
     units = " ".join(SERVICES)
     node = Node(tmp_path)
     node.file(airflow.RESTART_MARKER)
@@ -110,9 +90,9 @@ def _but(step: Step, *changed: str) -> list[str]:
     ids=["nothing", "cfg", "env", "gate", "unit", "watchdog", "watchdog-timer"],
 )
 def test_config_step_marks_a_restart_only_for_what_the_units_run_with(
-    local: Engine, tmp_path: Path, changed: tuple[str, ...], restart: bool, reload: bool
+    tmp_path: Path, changed: tuple[str, ...], restart: bool, reload: bool
 ) -> None:
-    step = _step(local, "airflow-config")
+    step = rendered_step("airflow-config")
     node = _installed(tmp_path)
     ran = node.run(step.script, CONFIG_STUBS, present=_but(step, *changed))
     assert ran.returncode == 0, ran.stderr
@@ -124,9 +104,9 @@ def test_config_step_marks_a_restart_only_for_what_the_units_run_with(
 
 
 def test_config_step_reloads_the_log_firewall_when_its_rules_changed_or_are_missing(
-    local: Engine, tmp_path: Path
+    tmp_path: Path
 ) -> None:
-    step = _step(local, "airflow-config")
+    step = rendered_step("airflow-config")
     restart = "systemctl restart airflow-log-firewall.service"
     rules_changed = _but(step, airflow.LOG_FIREWALL)
     ran = _installed(tmp_path / "a").run(step.script, CONFIG_STUBS, present=rules_changed)
@@ -139,9 +119,9 @@ def test_config_step_reloads_the_log_firewall_when_its_rules_changed_or_are_miss
 
 
 def test_a_changed_config_restarts_the_units_once_and_a_re_run_restarts_nothing(
-    local: Engine, tmp_path: Path
+    tmp_path: Path
 ) -> None:
-    config, start = _step(local, "airflow-config"), _step(local, "airflow-start")
+    config, start = rendered_step("airflow-config"), rendered_step("airflow-start")
     node = _installed(tmp_path)
     units = " ".join(SERVICES)
     assert node.run(config.script, CONFIG_STUBS, present=_but(config, airflow.AIRFLOW_CFG)
@@ -153,10 +133,10 @@ def test_a_changed_config_restarts_the_units_once_and_a_re_run_restarts_nothing(
     assert _actions(node.run(start.script, _start_stubs())) == [f"start {units}"]
 
 
-def test_start_step_fails_when_a_unit_is_not_active(local: Engine, tmp_path: Path) -> None:
+def test_start_step_fails_when_a_unit_is_not_active(tmp_path: Path) -> None:
     stubs = {**_start_stubs(),
              "systemctl": [Answer("is-active --quiet airflow-triggerer", status=3), Answer()]}
-    ran = Node(tmp_path).run(_step(local, "airflow-start").script, stubs)
+    ran = Node(tmp_path).run(rendered_step("airflow-start").script, stubs)
     assert ran.returncode == 1
     assert "airflow-triggerer is not active" in ran.stderr
     assert "systemctl status --no-pager airflow-triggerer" in ran.of("systemctl")
@@ -164,10 +144,10 @@ def test_start_step_fails_when_a_unit_is_not_active(local: Engine, tmp_path: Pat
 
 @pytest.mark.parametrize("exposed", ["0.0.0.0:8080", "[::]:5555", "127.0.0.1:8080"])
 def test_start_step_refuses_the_ui_or_flower_beyond_the_mesh(
-    local: Engine, tmp_path: Path, exposed: str
+    tmp_path: Path, exposed: str
 ) -> None:
     listeners = f"LISTEN 0 128 10.42.0.1:8080 0.0.0.0:*\nLISTEN 0 128 {exposed} 0.0.0.0:*\n"
-    ran = Node(tmp_path).run(_step(local, "airflow-start").script, _start_stubs(listeners))
+    ran = Node(tmp_path).run(rendered_step("airflow-start").script, _start_stubs(listeners))
     assert ran.returncode == 1
     assert f"Airflow listens beyond the mesh: {exposed}" in ran.stderr
 
@@ -190,9 +170,9 @@ def _install_stubs(pip: list[Answer]) -> dict:
 
 
 def test_install_reinstalls_the_venv_only_when_the_lock_changed(
-    local: Engine, tmp_path: Path
+    tmp_path: Path
 ) -> None:
-    step = _step(local, "airflow-install")
+    step = rendered_step("airflow-install")
     node = Node(tmp_path)
     # A download that fails is tried again, five seconds later.
     pip = [Answer("install *", status=1, times=1, stderr="connection reset"), Answer()]
@@ -209,10 +189,10 @@ def test_install_reinstalls_the_venv_only_when_the_lock_changed(
 
 
 def test_install_that_keeps_failing_ends_the_step_and_marks_nothing(
-    local: Engine, tmp_path: Path
+    tmp_path: Path
 ) -> None:
     node = Node(tmp_path)
-    ran = node.run(_step(local, "airflow-install").script, _install_stubs([Answer(status=1)]))
+    ran = node.run(rendered_step("airflow-install").script, _install_stubs([Answer(status=1)]))
     assert ran.returncode == 1
     assert len(ran.of(PIP)) == 3 and "giving up:" in ran.stderr
     assert not node.path(airflow.RESTART_MARKER).exists()
@@ -223,9 +203,9 @@ def test_install_that_keeps_failing_ends_the_step_and_marks_nothing(
 
 
 def test_migration_is_retried_after_a_failover_then_the_admin_is_made(
-    local: Engine, tmp_path: Path
+    tmp_path: Path
 ) -> None:
-    (migrate,) = [s for s in local.steps() if s.step == "airflow-db-migrate"]
+    migrate = rendered_step("airflow-db-migrate")  # run once, from the first node
     stubs = {"airflow": [Answer("db migrate", status=1, times=1), Answer("db migrate"),
                          Answer("users create *", stdout="User admin created")]}
     ran = Node(tmp_path).run(migrate.script, stubs)

@@ -9,24 +9,10 @@ from pathlib import Path
 import pytest
 
 from components.database import ETCD_DATA_DIR, ETCD_PACKAGE_DATA_DIR, PATRONI_CONFIG
-from tests.conftest import stack_values
-from tests.unit.stepharness import Answer, Node, Ran
-from tools.engine import Engine, Step, run_program
+from tests.unit.stepharness import Answer, Node, Ran, rendered_step
 
 JOINED = f"{ETCD_DATA_DIR}.joined"
 REJOIN_ENV = f"{ETCD_DATA_DIR}.rejoin.env"
-
-
-@pytest.fixture(scope="module")
-def local() -> Engine:
-    engine = Engine()
-    run_program(stack_values("local"), engine, "local")
-    return engine
-
-
-def _step(engine: Engine, name: str, node: str = "node-a") -> Step:
-    (step,) = [s for s in engine.steps() if s.step == name and s.node == node]
-    return step
 
 
 # --- etcd: new cluster, joining a running one, a member whose data was lost -----------------
@@ -99,7 +85,7 @@ def _blank_node(tmp_path: Path) -> Node:
     ids=["peers-down", "peers-forming"],
 )
 def test_etcd_new_cluster_wipes_the_package_data_and_starts_as_new(
-    local: Engine, tmp_path: Path, peers: list[Answer]
+    tmp_path: Path, peers: list[Answer]
 ) -> None:
     node = _blank_node(tmp_path)
     partial = FORMED.replace(_member("c3", "node-c", 3), _member("c3", "node-c", 3, False))
@@ -109,7 +95,7 @@ def test_etcd_new_cluster_wipes_the_package_data_and_starts_as_new(
                Answer("member list", stdout=FORMED)],
         peers=peers,
     )
-    ran = node.run(_step(local, "etcd").script, stubs)
+    ran = node.run(rendered_step("etcd").script, stubs)
     assert ran.returncode == 0, ran.stderr
     assert ran.of("systemctl") == [
         "systemctl daemon-reload", "systemctl enable etcd", "systemctl stop etcd",
@@ -127,14 +113,14 @@ def test_etcd_new_cluster_wipes_the_package_data_and_starts_as_new(
     assert not node.path("/joined-early").exists()
 
 
-def test_etcd_joins_a_running_cluster_that_does_not_list_it(local: Engine, tmp_path: Path) -> None:
+def test_etcd_joins_a_running_cluster_that_does_not_list_it(tmp_path: Path) -> None:
     node = _blank_node(tmp_path)
     stubs = _etcd_stubs(
         local=[Answer("member list", status=1, times=1), Answer("member list", stdout=FORMED)],
         peers=[Answer("member list", stdout=FORMED.replace(_member("a1", "node-a", 1), "")),
                Answer("member add *", stdout="Member a9 added\n")],
     )
-    ran = node.run(_step(local, "etcd").script, stubs)
+    ran = node.run(rendered_step("etcd").script, stubs)
     assert ran.returncode == 0, ran.stderr
     assert _etcd(ran)[:3] == [
         "local: member list", "peers: member list",
@@ -145,7 +131,7 @@ def test_etcd_joins_a_running_cluster_that_does_not_list_it(local: Engine, tmp_p
 
 
 def test_etcd_member_whose_data_dir_was_lost_is_removed_and_added_again(
-    local: Engine, tmp_path: Path
+    tmp_path: Path
 ) -> None:
     node = _blank_node(tmp_path)  # a new disk: no marker; the package's member runs
     stubs = _etcd_stubs(
@@ -159,7 +145,7 @@ def test_etcd_member_whose_data_dir_was_lost_is_removed_and_added_again(
             Answer("member add *"),
         ],
     )
-    ran = node.run(_step(local, "etcd").script, stubs)
+    ran = node.run(rendered_step("etcd").script, stubs)
     assert ran.returncode == 0, ran.stderr
     assert _etcd(ran)[:5] == [
         "local: member list", "peers: member list", "peers: member remove a1",
@@ -171,7 +157,7 @@ def test_etcd_member_whose_data_dir_was_lost_is_removed_and_added_again(
 
 
 @pytest.mark.parametrize("config_changed", [False, True])
-def test_etcd_member_is_never_wiped(local: Engine, tmp_path: Path, config_changed: bool) -> None:
+def test_etcd_member_is_never_wiped(tmp_path: Path, config_changed: bool) -> None:
     node = Node(tmp_path)
     node.file(JOINED)
     data = node.file(f"{ETCD_DATA_DIR}/member/snap/db", "cluster data")
@@ -179,7 +165,7 @@ def test_etcd_member_is_never_wiped(local: Engine, tmp_path: Path, config_change
     present = ["/etc/systemd/system/etcd.service.d/airflow-ha.conf"]
     if not config_changed:
         present.append("/etc/default/etcd")
-    ran = node.run(_step(local, "etcd").script, stubs, present=present)
+    ran = node.run(rendered_step("etcd").script, stubs, present=present)
     assert ran.returncode == 0, ran.stderr
     started = "restart --no-block etcd" if config_changed else "start --no-block etcd"
     assert ran.of("systemctl") == ["systemctl enable etcd", f"systemctl {started}"]
@@ -187,11 +173,11 @@ def test_etcd_member_is_never_wiped(local: Engine, tmp_path: Path, config_change
     assert not [c for c in _etcd(ran) if c.startswith("peers:")]
 
 
-def test_etcd_member_from_before_the_marker_keeps_its_data(local: Engine, tmp_path: Path) -> None:
+def test_etcd_member_from_before_the_marker_keeps_its_data(tmp_path: Path) -> None:
     node = Node(tmp_path)  # no marker, but the running etcd is this node's member of the cluster
     data = node.file(f"{ETCD_DATA_DIR}/member/snap/db", "cluster data")
     stubs = _etcd_stubs(local=[Answer("member list", stdout=FORMED)], peers=[])
-    ran = node.run(_step(local, "etcd").script, stubs, present=True)
+    ran = node.run(rendered_step("etcd").script, stubs, present=True)
     assert ran.returncode == 0, ran.stderr
     assert ran.of("systemctl") == ["systemctl enable etcd", "systemctl start --no-block etcd"]
     assert data.read_text() == "cluster data" and node.path(JOINED).exists()
@@ -222,7 +208,7 @@ def _db_steps(ran: Ran) -> list[str]:
 
 @pytest.mark.parametrize("failing", ["psql", "patronictl"])
 def test_airflow_db_retries_ensure_when_a_command_inside_fails(
-    local: Engine, tmp_path: Path, failing: str
+    tmp_path: Path, failing: str
 ) -> None:
     # `failing` fails its first call and works from then on.
     fails_once = {
@@ -231,7 +217,7 @@ def test_airflow_db_retries_ensure_when_a_command_inside_fails(
     }
     stubs = {"curl": PRIMARY, "patronictl": [Answer()], "psql": [MADE, LOGIN_WORKS_ONCE_MADE]}
     stubs[failing].insert(0, fails_once[failing])
-    ran = Node(tmp_path).run(_step(local, "airflow-db").script, stubs)
+    ran = Node(tmp_path).run(rendered_step("airflow-db").script, stubs)
     assert ran.returncode == 0, ran.stderr
     first_try = ["patronictl", "make"] if failing == "psql" else ["patronictl"]
     # The failed try stopped at the failing command, the next pass ran all of ensure again.
@@ -245,14 +231,14 @@ def test_airflow_db_retries_ensure_when_a_command_inside_fails(
 
 
 def test_airflow_db_that_never_succeeds_fails_the_step_saying_why(
-    local: Engine, tmp_path: Path
+    tmp_path: Path
 ) -> None:
     stubs = {
         "curl": PRIMARY,
         "patronictl": Answer(),
         "psql": [Answer(MAKE, status=2, stderr="permission denied"), Answer(LOGIN, status=2)],
     }
-    ran = Node(tmp_path).run(_step(local, "airflow-db").script, stubs, timeout=180)
+    ran = Node(tmp_path).run(rendered_step("airflow-db").script, stubs, timeout=180)
     assert ran.returncode != 0
     assert "is primary: role" not in ran.stdout
     # Tried on every pass until the deadline (600 s, 2 s a pass), then said so; the login's
@@ -264,10 +250,10 @@ def test_airflow_db_that_never_succeeds_fails_the_step_saying_why(
 
 
 def test_airflow_db_on_a_replica_waits_for_the_login_and_changes_nothing(
-    local: Engine, tmp_path: Path
+    tmp_path: Path
 ) -> None:
     stubs = {"curl": REPLICA, "psql": [Answer(LOGIN, status=2, times=3), Answer(LOGIN)]}
-    ran = Node(tmp_path).run(_step(local, "airflow-db", "node-b").script, stubs)
+    ran = Node(tmp_path).run(rendered_step("airflow-db", "node-b").script, stubs)
     assert ran.returncode == 0, ran.stderr
     assert _db_steps(ran) == ["login", "sleep", "login", "sleep", "login", "sleep", "login"]
     assert ran.of("patronictl") == []
@@ -280,7 +266,8 @@ def test_a_re_run_on_the_primary_applies_the_stack_timings_and_password(
         values("local", patroni={"ttl": 24, "loopWait": 6, "retryTimeout": 6}), stack="local"
     )
     stubs = {"curl": PRIMARY, "patronictl": Answer(), "psql": Answer()}
-    ran = Node(tmp_path).run(_step(engine, "airflow-db").script, stubs, stdin_of=["psql"])
+    primary = rendered_step("airflow-db", engine=engine)
+    ran = Node(tmp_path).run(primary.script, stubs, stdin_of=["psql"])
     assert ran.returncode == 0, ran.stderr
     # The login already works (a re-run): the primary still applies what may have changed.
     assert _db_steps(ran) == ["login", "patronictl", "make"]
@@ -297,5 +284,6 @@ def test_a_re_run_on_the_primary_applies_the_stack_timings_and_password(
     assert "CREATE DATABASE airflow OWNER airflow" in sql
     # A replica's re-run does nothing.
     stubs["curl"] = REPLICA
-    ran = Node(tmp_path / "replica").run(_step(engine, "airflow-db", "node-b").script, stubs)
+    replica = rendered_step("airflow-db", "node-b", engine=engine)
+    ran = Node(tmp_path / "replica").run(replica.script, stubs)
     assert ran.returncode == 0 and _db_steps(ran) == ["login"], ran.stderr
