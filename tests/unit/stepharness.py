@@ -8,8 +8,10 @@ a step does may reach this machine.
 
 A stub logs its arguments (and its stdin, when asked) and answers from a table of `Answer`s:
 the first whose glob matches "$*" and has calls left. `sleep` and `date +%s` keep a fake
-clock, so waiting loops and deadlines take no time. `Ran.calls` is what ran, in order; tests
-assert the decisions (which commands, with which arguments), not the script's text.
+clock, so waiting loops and deadlines take no time. `chown` is only logged, `install` logged
+and run without its owner options (the service accounts do not exist here), `runuser` logged,
+then its command run. `Ran.calls` is what ran, in order; tests assert the decisions (which
+commands, with which arguments), not the script's text.
 """
 
 from __future__ import annotations
@@ -93,9 +95,6 @@ class Ran:
     def of(self, *names: str) -> list[str]:
         """The calls of these commands, in order, as "name arg arg ..." lines."""
         return [str(c) for c in self.calls if c.name in names]
-
-    def stdin_of(self, name: str) -> list[str]:
-        return [c.stdin or "" for c in self.calls if c.name == name]
 
 
 class Node:
