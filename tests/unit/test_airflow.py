@@ -262,6 +262,7 @@ def test_install_is_fully_pinned_with_hashes(local) -> None:
     # How the step installs it (--require-hashes, pip check) is in the render snapshots.
     for step in _steps(engine, "airflow-install").values():
         lock = _file(step, lock_path)
+    # How pip installs it: test_install_reinstalls_the_venv_only_when_the_lock_changed.
     requirements = [line for line in lock.splitlines() if line and line[0].isalnum()]
     assert len(requirements) > 100
     for line in requirements:
@@ -278,7 +279,7 @@ def test_migration_and_admin_run_once_from_the_first_node(local) -> None:
     engine, outputs = local
     migrate = [s for s in engine.steps() if s.step == "airflow-db-migrate"]
     assert [s.node for s in migrate] == [next(iter(outputs["nodes"]))]
-    # What the script runs (db migrate, users create) is in the render snapshots.
+    # What it runs: test_migration_is_retried_after_a_failover_then_the_admin_is_made.
 
 
 def _shellcheck(path) -> None:
@@ -618,49 +619,3 @@ def test_celery_result_store_outlasts_a_database_failover(local) -> None:
     tries = extra["result_backend_max_retries"]
     expected_s = sum(min(cap, base * 2**n) / 2 for n in range(tries)) / 1000
     assert 60 <= expected_s <= 300, expected_s
-
-
-def _run_start_step(step, tmp_path, changed: bool) -> list[str]:
-    """The start step's script under stubbed systemctl/curl/ss; what systemctl was asked."""
-    marker = tmp_path / "restart-needed"
-    if changed:
-        marker.touch()
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir(exist_ok=True)
-    calls = tmp_path / "systemctl"
-    stubs = {
-        "systemctl": f'#!/bin/sh\necho "$*" >> {calls}\n',
-        # The api-server and its health answer; Flower asks for its password (401).
-        "curl": "#!/bin/sh\ncase \"$*\" in\n"
-        '  *monitor/health*) echo \'{"metadatabase": {"status": "healthy"}, '
-        '"scheduler": {"status": "healthy"}}\' ;;\n'
-        "  *http_code*) printf 401 ;;\n"
-        "esac\n",
-        "ss": "#!/bin/sh\n",
-    }
-    for name, body in stubs.items():
-        (bin_dir / name).write_text(body)
-        (bin_dir / name).chmod(0o755)
-    script = step.script.replace(airflow.RESTART_MARKER, str(marker))
-    result = subprocess.run(["bash", "-c", script], env={"PATH": f"{bin_dir}:/usr/bin:/bin"},
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    assert not marker.exists()
-    return calls.read_text().splitlines()
-
-
-def test_a_change_stops_every_unit_then_starts_them_and_nothing_else_restarts(
-    local, tmp_path
-) -> None:
-    engine, _ = local
-    step = _steps(engine, "airflow-start")["node-a"]
-    units = " ".join(SERVICES)
-    calls = _run_start_step(step, tmp_path, changed=True)
-    # The worker stopped alone first (its tasks end while the api-server answers), then every
-    # unit, then one start; never `restart`, which stopped the api-server first.
-    actions = [c for c in calls if c.split()[0] in ("stop", "start", "restart")]
-    assert actions == ["stop airflow-worker", f"stop {units}", f"start {units}"]
-    # Nothing changed (a forced re-run): start only, which leaves running units alone.
-    (tmp_path / "again").mkdir()
-    calls = _run_start_step(step, tmp_path / "again", changed=False)
-    assert [c for c in calls if c.split()[0] in ("stop", "start", "restart")] == [f"start {units}"]

@@ -10,6 +10,7 @@ import subprocess
 import pytest
 
 from components import dag_sync
+from tests.unit.stepharness import Answer, Node, rendered_step
 
 
 def _steps(engine):
@@ -88,6 +89,7 @@ def test_server_listens_on_the_mesh_address_only(local) -> None:
         dropin = _file(step, dag_sync.SOCKET_DROPIN)
         assert "ListenStream=\n" in dropin  # the package's ListenStream=30865 (all addresses) goes
         assert f"ListenStream={mesh}:30865" in dropin
+    # What the step does with it: test_dag_sync_step_serves_csync2_from_its_socket_only.
 
 
 def test_cron_runs_the_sync_every_minute_towards_the_other_nodes(local) -> None:
@@ -102,28 +104,10 @@ def test_cron_runs_the_sync_every_minute_towards_the_other_nodes(local) -> None:
 
 def _run_sync(script: str, tmp_path, down: set[str]) -> list[str]:
     """Run the sync script with stand-ins for ping and csync2; return csync2's arguments."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir(parents=True)
-    calls = tmp_path / "calls"
-    (bin_dir / "ping").write_text(
-        "#!/bin/sh\nfor a; do last=$a; done\n"
-        + "".join(f'[ "$last" = {n} ] && exit 1\n' for n in sorted(down))
-        + "exit 0\n"
-    )
-    (bin_dir / "csync2").write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
-    for tool in ("ping", "csync2"):
-        (bin_dir / tool).chmod(0o755)
-    path = tmp_path / "sync.sh"
-    path.write_text(script.replace("/run/airflow-ha-dag-sync.lock", str(tmp_path / "lock")))
-    result = subprocess.run(
-        ["bash", str(path)],
-        env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert result.returncode == 0, result.stderr
-    return calls.read_text().splitlines()
+    ping = [Answer(f"* {peer}", status=1) for peer in sorted(down)] + [Answer()]
+    ran = Node(tmp_path).run(script, {"ping": ping, "csync2": Answer()})
+    assert ran.returncode == 0, ran.stderr
+    return [" ".join(call.args) for call in ran.calls if call.name == "csync2"]
 
 
 def test_a_peer_that_is_down_does_not_hold_up_the_others(local, tmp_path) -> None:
@@ -133,6 +117,54 @@ def test_a_peer_that_is_down_does_not_hold_up_the_others(local, tmp_path) -> Non
     assert _run_sync(script, tmp_path / "b-down", {"node-b"}) == ["-x -P node-c"]
     # Nobody answers: local changes are still recorded as dirty for later.
     assert _run_sync(script, tmp_path / "alone", {"node-b", "node-c"}) == ["-cr /opt/airflow/dags"]
+
+
+def _csync2_stubs(listeners: list[str], socket_active: bool = True) -> dict:
+    ss = "".join(f"LISTEN 0 5 {address} 0.0.0.0:*\n" for address in listeners)
+    mine = "".join(f"LISTEN 0 5 {a} 0.0.0.0:*\n" for a in listeners if a.endswith(":30865"))
+    return {
+        "dpkg-query": Answer(stdout="install ok installed"),
+        "getent": Answer(),
+        "id": Answer(stdout="50000\n"),
+        "update-inetd": Answer(),
+        "systemctl": [Answer("is-active --quiet csync2.socket", status=0 if socket_active else 3),
+                      Answer()],
+        "ss": [Answer("-Hltn sport = :30865", stdout=mine), Answer("-Hltn", stdout=ss)],
+        "csync2": Answer(),
+    }
+
+
+@pytest.mark.parametrize("first_run", [True, False])
+def test_dag_sync_step_serves_csync2_from_its_socket_only(tmp_path, first_run: bool) -> None:
+    node = Node(tmp_path)
+    if first_run:  # the package's inetd entry serves csync2 on every address
+        node.file("/etc/inetd.conf", "csync2\tstream\ttcp\tnowait\troot\t/usr/sbin/csync2\n")
+    ran = node.run(rendered_step("dag-sync").script,
+                   _csync2_stubs(["10.42.0.1:30865", "0.0.0.0:22"], socket_active=not first_run),
+                   present=not first_run)
+    assert ran.returncode == 0, ran.stderr
+    if first_run:
+        assert ran.of("update-inetd") == ["update-inetd --disable csync2"]
+        assert ran.of("systemctl")[:4] == [
+            "systemctl try-restart inetd.service openbsd-inetd.service",
+            "systemctl daemon-reload",
+            "systemctl enable csync2.socket",
+            "systemctl restart csync2.socket",
+        ]
+    else:  # a re-run on a node that serves it already: nothing restarts
+        assert ran.of("update-inetd") == []
+        assert not [c for c in ran.of("systemctl") if "restart" in c or "daemon-reload" in c]
+    assert ran.of("csync2") == ["csync2 -cr /opt/airflow/dags"]
+    assert "systemctl enable --now cron.service" in ran.of("systemctl")
+    assert node.path("/opt/airflow/dags").is_dir()
+
+
+def test_dag_sync_step_refuses_csync2_beyond_the_mesh(tmp_path) -> None:
+    stubs = _csync2_stubs(["10.42.0.1:30865", "0.0.0.0:30865"])
+    ran = Node(tmp_path).run(rendered_step("dag-sync").script, stubs)
+    assert ran.returncode == 1
+    assert "csync2 listens beyond the mesh: 0.0.0.0:30865" in ran.stderr
+    assert ran.of("csync2") == []
 
 
 def test_scripts_pass_shellcheck(local, tmp_path) -> None:

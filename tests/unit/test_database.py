@@ -65,20 +65,6 @@ def test_etcd_is_a_static_cluster_of_all_nodes_on_the_mesh(local) -> None:
         assert env["ETCD_INITIAL_CLUSTER_TOKEN"] == "airflow-ha-local"
 
 
-def test_etcd_wipes_only_the_packages_throwaway_data_and_only_before_joining(local) -> None:
-    engine, _, _ = local
-    script = _steps(engine, "etcd")["node-a"].script
-    data_dir = _env(_file(_steps(engine, "etcd")["node-a"], "/etc/default/etcd"))["ETCD_DATA_DIR"]
-    code = "\n".join(line for line in script.splitlines() if not line.lstrip().startswith("#"))
-    wipes = re.findall(r"rm -rf (.+)", code)
-    assert wipes == [f"/var/lib/etcd/default {data_dir} {data_dir}.rejoin.env"]
-    # Only while this node has not been seen as a started member of the whole cluster.
-    guard = script.index(f"if [ ! -e {data_dir}.joined ] && ! $local_etcd member list")
-    assert guard < script.index("rm -rf /var/lib/etcd/default") < script.index("\nelif ")
-    assert script.index("wait_until 300 cluster_formed") < script.index(f"touch {data_dir}.joined")
-    # How members start and a re-created node rejoins is in the render snapshots.
-
-
 def _patroni(engine) -> dict[str, dict]:
     return {
         node: yaml.safe_load(_file(step, "/etc/patroni/config.yml"))
@@ -354,17 +340,6 @@ def test_airflow_url_and_password_are_secret_outputs(values) -> None:
         f"postgresql+psycopg2://airflow:{_password('airflow-db-password')}"
         f"@127.0.0.1:{HAPROXY_PRIMARY_PORT}/airflow?connect_timeout=10"
     )
-
-
-def test_the_primary_applies_the_stack_timings_to_a_running_cluster(values, deploy) -> None:
-    engine, _ = deploy(
-        values("local", patroni={"ttl": 24, "loopWait": 6, "retryTimeout": 6}), stack="local"
-    )
-    for step in _steps(engine, "airflow-db").values():
-        assert (
-            "edit-config --force --quiet -s ttl=24 -s loop_wait=6 -s retry_timeout=6 "
-            "-s maximum_lag_on_failover=1048576 -s synchronous_mode=true -s failsafe_mode=true"
-        ) in step.script
 
 
 def test_stack_outputs_name_the_stats_tunnels(local) -> None:
