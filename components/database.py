@@ -88,6 +88,18 @@ POSTGRES_PARAMETERS = {
     # A replica that stays away does not fill the primary's disk: past this its slot is
     # invalidated and Patroni re-clones it.
     "max_slot_wal_keep_size": "4096MB",
+    # A client whose machine died (power cut, region lost) sends no FIN or RST: without these its
+    # backend waited for it for hours (the kernel's 2 h keepalive) and, idle in a transaction,
+    # held its row locks; every Airflow request touching those task instances hung behind it
+    # (machine-stop: a task queued for 6 min, its supervisor's /run timing out 10 times). Now
+    # the primary drops such a session within ~11 s of silence, or 10 s of unacknowledged data.
+    "tcp_keepalives_idle": 5,
+    "tcp_keepalives_interval": 2,
+    "tcp_keepalives_count": 3,
+    "tcp_user_timeout": 10000,
+    # A backstop for a client that is alive but forgot its transaction: no Airflow transaction
+    # sits idle anywhere near this long.
+    "idle_in_transaction_session_timeout": "5min",
 }
 
 
@@ -371,7 +383,10 @@ class DatabaseTier(pulumi.ComponentResource):
         """On the primary: Airflow's role and database and the stack's Patroni timings; on
         every node: wait until Airflow's login works through the local HAProxy."""
         spec = node.spec
-        dynamic = _yaml(dynamic_settings(self._args.patroni))
+        # The stack's PostgreSQL parameters too, so that a running cluster gets a changed one.
+        dynamic = _yaml(dynamic_settings(self._args.patroni)) | {
+            f"postgresql.parameters.{k}": v for k, v in _yaml(POSTGRES_PARAMETERS).items()
+        }
         context = {
             "node": spec.name,
             "mesh_address": spec.mesh_address,

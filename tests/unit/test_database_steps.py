@@ -274,11 +274,15 @@ def test_a_re_run_on_the_primary_applies_the_stack_timings_and_password(
     assert ran.returncode == 0, ran.stderr
     # The login already works (a re-run): the primary still applies what may have changed.
     assert _db_steps(ran) == ["login", "patronictl", "make"]
-    assert ran.of("patronictl") == [
+    (edit,) = ran.of("patronictl")
+    assert edit.startswith(
         f"patronictl -c {PATRONI_CONFIG} edit-config --force --quiet -s ttl=24 -s loop_wait=6 "
         "-s retry_timeout=6 -s maximum_lag_on_failover=1048576 -s synchronous_mode=true "
-        "-s failsafe_mode=true"
-    ]
+        "-s failsafe_mode=true "
+    )
+    # And the stack's PostgreSQL parameters, so that a running cluster gets a changed one.
+    assert "-s postgresql.parameters.tcp_keepalives_idle=5 " in edit
+    assert edit.endswith('-s postgresql.parameters.idle_in_transaction_session_timeout="5min"')
     assert ran.of("runuser")[0].startswith("runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1")
     (sql,) = [c.stdin for c in ran.calls if c.name == "psql" and c.args[-1] == "postgres"]
     password = engine.secret_value("airflow-db-password", "password", {"length": 32})
