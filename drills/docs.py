@@ -9,7 +9,8 @@ A table is marked in a Markdown file by
     ...rendered here...
     <!-- /table -->
 
-KIND is `load` (drills/load.py's document) or `footprint` (drills/footprint.py's).
+KIND is `load` (drills/load.py's document), `footprint` (drills/footprint.py's) or `drills`
+(the suite's: python -m drills).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def _footprint(doc: dict[str, Any]) -> str:
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "load": report.load_markdown,
     "footprint": _footprint,
+    "drills": report.drills_summary,
 }
 
 

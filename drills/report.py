@@ -92,8 +92,28 @@ def text_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def drills_table(doc: dict[str, Any]) -> str:
+    """The table of a drills document, one row per drill (docs/ render it too)."""
+    out = [
+        "| " + " | ".join(title for _, title in COLUMNS) + " |",
+        "|" + "|".join("---" if key in ("drill", "result") else "--:" for key, _ in COLUMNS) + "|",
+    ]
+    out += ["| " + " | ".join(_cell(row[key]) for key, _ in COLUMNS) + " |" for row in doc["table"]]
+    return "\n".join(out)
+
+
+def drills_summary(doc: dict[str, Any]) -> str:
+    """One drills document for docs/: how it was made, then its table."""
+    machine = doc["machine"]
+    return (
+        f"`{doc['command']}` on {doc['date']}, {doc['runs']} run(s) per drill, host "
+        f"{machine['cores']} cores / {machine['ram_gb']} GB; medians in seconds (columns as in "
+        f"the result file's own .md).\n\n" + drills_table(doc)
+    )
+
+
 def markdown(doc: dict[str, Any]) -> str:
-    rows, machine, versions = doc["table"], doc["machine"], doc["versions"]
+    machine, versions = doc["machine"], doc["versions"]
     settings = doc["settings"]
     out = [
         f"# airflow-ha drills, {doc['date']}",
@@ -121,11 +141,8 @@ def markdown(doc: dict[str, Any]) -> str:
         "database was disturbed). Lost = acknowledged, then missing. Rejoin = how "
         "long the failed part took to come back by itself (per drill in docs/resilience.md).",
         "",
-        "| " + " | ".join(title for _, title in COLUMNS) + " |",
-        "|" + "|".join("---" if key in ("drill", "result") else "--:" for key, _ in COLUMNS) + "|",
     ]
-    for row in rows:
-        out.append("| " + " | ".join(_cell(row[key]) for key, _ in COLUMNS) + " |")
+    out.append(drills_table(doc))
     if doc.get("load"):
         out += ["", "## Load drill (drills/load.py)", "", load_markdown(doc["load"])]
     out += ["", "## Every run", ""]
