@@ -19,12 +19,18 @@ import pytest
 import yaml
 
 from components import remote
-from tests.conftest import stack_values
+from tests.conftest import LOCAL_PUBLIC_KEY, stack_values
 from tools import deploy
-from tools.engine import Engine, parse_step, stack_path
+from tools.engine import (
+    Engine,
+    fake_ssh_private_key,
+    parse_step,
+    stack_path,
+)
 
 STACK = "local"
-NEW_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nrotated\n"
+# Another private key text with the committed key's public half: only the connection changes.
+NEW_KEY = fake_ssh_private_key(LOCAL_PUBLIC_KEY, salt="rotated")
 
 
 class FakeSsh:
@@ -131,7 +137,8 @@ def test_a_rotated_key_re_runs_every_step_on_that_connection_as_an_update(values
     assert {command for _, _, command in ssh.calls} == {remote.RUN_SCRIPT}
     saved = json.loads(up.state_path.read_text())
     assert {s["change"] for s in saved["steps"].values()} == {"update"}
-    assert "rotated" not in up.state_path.read_text()  # only digests of the key
+    kept = up.state_path.read_text()  # only digests of the key
+    assert not [line for line in NEW_KEY.splitlines()[1:-1] if line in kept]
     assert up(values(STACK, sshPrivateKey=NEW_KEY)).ran == []
 
 
@@ -260,8 +267,8 @@ def test_a_step_gone_from_the_program_leaves_the_state_only_on_a_whole_run(value
 
 def _stack_file(tmp_path: Path) -> Path:
     data = yaml.safe_load(stack_path(STACK).read_text())
-    data["config"]["airflow-ha:sshPrivateKey"] = "-----BEGIN OPENSSH PRIVATE KEY-----\nt\n"
-    data["config"]["airflow-ha:sshPublicKey"] = "ssh-ed25519 AAAAtest local"
+    data["config"]["airflow-ha:sshPrivateKey"] = fake_ssh_private_key(LOCAL_PUBLIC_KEY)
+    data["config"]["airflow-ha:sshPublicKey"] = LOCAL_PUBLIC_KEY
     path = tmp_path / "Pulumi.t.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
