@@ -33,6 +33,9 @@ def nodes_args(cfg: ClusterConfig) -> NodesArgs:
         ssh_public_key=cfg.ssh_public_key,
         ssh_private_key=cfg.ssh_private_key,
         aws_vpc_cidr=cfg.aws_vpc_cidr,
+        authorized_keys=cfg.authorized_keys,
+        deploy_key_known=cfg.deploy_public_key is not None,
+        protect=cfg.protect_servers,
     )
 
 

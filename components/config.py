@@ -71,6 +71,10 @@ class ClusterConfig:
     allow_ssh_from_anywhere: bool
     ssh_public_key: str | None
     ssh_private_key: Any  # str or a secret pulumi.Output[str]
+    # The public half of ssh_private_key; None only for the offline render's placeholder.
+    deploy_public_key: str | None
+    ssh_extra_public_keys: tuple[str, ...]
+    protect_servers: bool
     mesh_cidr: str
     aws_vpc_cidr: str
     airflow_version: str
@@ -89,6 +93,22 @@ class ClusterConfig:
 
     def node(self, name: str) -> NodeSpec:
         return next(n for n in self.nodes if n.name == name)
+
+    @property
+    def authorized_keys(self) -> tuple[str, ...]:
+        """What every node's login user accepts, each key once: sshPublicKey,
+        sshExtraPublicKeys and always the deploy's own key (the public half of sshPrivateKey:
+        the step that writes the file logs in with it)."""
+        deploy = self.deploy_public_key
+        keys: list[str] = []
+        for key in (
+            self.ssh_public_key,
+            *self.ssh_extra_public_keys,
+            f"{deploy} airflow-ha deploy key (sshPrivateKey)" if deploy else None,
+        ):
+            if key is not None and not any(schema.same_ssh_key(key, k) for k in keys):
+                keys.append(key)
+        return tuple(keys)
 
 
 def _node_count(raw_nodes: list[Any]) -> None:
@@ -262,10 +282,13 @@ def _check_stack_name(stack: str) -> None:
 
 
 def _parse_access(
-    raw: Mapping[str, Any], get: Callable[[str], Any], nodes: tuple[NodeSpec, ...]
+    raw: Mapping[str, Any],
+    get: Callable[[str], Any],
+    nodes: tuple[NodeSpec, ...],
+    private_key_text: str | None,
 ) -> dict[str, Any]:
     """Who may reach SSH and the keys: ClusterConfig's admin_cidrs, allow_ssh_from_anywhere,
-    ssh_public_key and ssh_private_key."""
+    ssh_public_key, ssh_private_key, deploy_public_key and ssh_extra_public_keys."""
     admin_cidrs = get("adminCidrs")
     allow_anywhere = get("allowSshFromAnywhere")
     wide = [c for c in admin_cidrs if schema.internet_wide(c)]
@@ -289,16 +312,26 @@ def _parse_access(
             "is missing: the deploy steps log in with it",
             "pulumi config set --secret sshPrivateKey < ~/.ssh/id_ed25519",
         )
+    private_key = get("sshPrivateKey")
+    if isinstance(private_key, str):
+        private_key_text = private_key
     return {
         "admin_cidrs": admin_cidrs,
         "allow_ssh_from_anywhere": allow_anywhere,
         "ssh_public_key": public_key,
-        "ssh_private_key": get("sshPrivateKey"),
+        "ssh_private_key": private_key,
+        "deploy_public_key": schema.deploy_public_key(private_key_text, "sshPrivateKey"),
+        "ssh_extra_public_keys": get("sshExtraPublicKeys"),
     }
 
 
-def parse_config(raw: Mapping[str, Any], stack: str = "dev") -> ClusterConfig:
-    """Validate plain stack config values; raise ConfigError on the first problem."""
+def parse_config(
+    raw: Mapping[str, Any], stack: str = "dev", private_key_text: str | None = None
+) -> ClusterConfig:
+    """Validate plain stack config values; raise ConfigError on the first problem.
+
+    `private_key_text` is sshPrivateKey's text when `raw` holds it as a secret Output: its
+    public half is read from it (and only that leaves this function)."""
     _check_stack_name(stack)
     schema.refuse_unknown(raw, schema.names(schema.TOP_KEYS), "", NAMESPACE)
 
@@ -307,7 +340,7 @@ def parse_config(raw: Mapping[str, Any], stack: str = "dev") -> ClusterConfig:
 
     mesh: ipaddress.IPv4Network = get("meshCidr")
     nodes = _parse_nodes(raw.get("nodes"), mesh)
-    access = _parse_access(raw, get, nodes)
+    access = _parse_access(raw, get, nodes, private_key_text)
     aws_vpc: ipaddress.IPv4Network = get("awsVpcCidr")
     if any(n.cloud == "aws" for n in nodes) and aws_vpc.overlaps(mesh):
         raise ConfigError(
@@ -330,6 +363,7 @@ def parse_config(raw: Mapping[str, Any], stack: str = "dev") -> ClusterConfig:
         rabbitmq_net_ticktime_s=get("rabbitmqNetTicktimeS"),
         airflow_admin_user=get("airflowAdminUser"),
         celery_worker_concurrency=get("celeryWorkerConcurrency"),
+        protect_servers=get("protectServers"),
     )
 
 
@@ -359,14 +393,33 @@ def load_config() -> ClusterConfig:
     cfg = pulumi.Config(NAMESPACE)
     declared = {k.name: k for k in schema.TOP_KEYS}
     raw: dict[str, Any] = {}
+    private_key_text = None
     for name in _stored_keys():
         key = declared.get(name)
         if key is None:
             raw[name] = cfg.get(name)  # refused by parse_config, with a did-you-mean
         elif key.kind == "secret":
             raw[name] = cfg.get_secret(name)
+            # Its public half is read at once (the connections get the secret Output).
+            private_key_text = cfg.get(name)
         else:
             text = cfg.get(name)
             if text is not None:
                 raw[name] = _decode(key, text)
-    return parse_config(raw, stack=pulumi.get_stack())
+    parsed = parse_config(raw, stack=pulumi.get_stack(), private_key_text=private_key_text)
+    _warn_mid_rotation(parsed)
+    return parsed
+
+
+def _warn_mid_rotation(cfg: ClusterConfig) -> None:
+    """sshPublicKey is not sshPrivateKey's public half: right between the two deploys of a key
+    rotation (docs/operations.md), wrong anywhere else, since a server created now would accept
+    only sshPublicKey and the deploy could not log in to it."""
+    public, deploy = cfg.ssh_public_key, cfg.deploy_public_key
+    if public is None or deploy is None or schema.same_ssh_key(public, deploy):
+        return
+    pulumi.log.warn(
+        f"{NAMESPACE}:sshPublicKey is not the public half of sshPrivateKey: every node "
+        "accepts both, which is the middle of a key rotation; a server created now would not "
+        "let the deploy in. Finish the rotation: set sshPrivateKey to sshPublicKey's private key"
+    )

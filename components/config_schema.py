@@ -12,6 +12,8 @@ templates shell-quote them as well (components/remote.py, the `sh` filter).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import difflib
 import ipaddress
 import re
@@ -347,15 +349,93 @@ def internet_wide(cidr: str) -> bool:
     return network.prefixlen <= widest and not network.is_private
 
 
-def ssh_public_key(value: Any, key: str) -> str:
+def ssh_public_key(
+    value: Any,
+    key: str,
+    fix: str = 'pulumi config set sshPublicKey "$(cat ~/.ssh/id_ed25519.pub)"',
+) -> str:
     text = as_str(value, key, "an OpenSSH public key").strip()
     if not SSH_PUBLIC_KEY_RE.match(text):
+        raise ConfigError(key, f"{describe(text)} is not an OpenSSH public key", fix)
+    return text
+
+
+def ssh_public_keys(value: Any, key: str) -> tuple[str, ...]:
+    fix = "list each key as the one line of its .pub file, e.g. [\"ssh-ed25519 AAAA... alice\"]"
+    items = as_list(value, key, "OpenSSH public keys", fix)
+    return tuple(ssh_public_key(item, f"{key}[{i}]", fix) for i, item in enumerate(items))
+
+
+def same_ssh_key(a: str, b: str) -> bool:
+    """Two authorized_keys lines of one key (type and key; the comment aside)."""
+    return a.split()[:2] == b.split()[:2]
+
+
+# The offline render's stand-in for a secret it cannot read (tools/engine.py).
+SECRET_PLACEHOLDER_RE = re.compile(r"^<secret:[A-Za-z0-9_.-]+>$")
+OPENSSH_PRIVATE_BEGIN = "-----BEGIN OPENSSH PRIVATE KEY-----"
+OPENSSH_PRIVATE_END = "-----END OPENSSH PRIVATE KEY-----"
+OPENSSH_PRIVATE_MAGIC = b"openssh-key-v1\x00"
+
+
+def _ssh_string(data: bytes, at: int) -> tuple[bytes, int]:
+    """One SSH wire-format string (uint32 length, bytes) at `at`; it and the next offset."""
+    if at + 4 > len(data):
+        raise ValueError("it ends early")
+    length = int.from_bytes(data[at : at + 4], "big")
+    end = at + 4 + length
+    if end > len(data):
+        raise ValueError("it ends early")
+    return data[at + 4 : end], end
+
+
+def openssh_public_half(text: str) -> str:
+    """The authorized_keys line of an OpenSSH-format private key's public half.
+
+    The format (OpenSSH's PROTOCOL.key) keeps the public key in the clear ahead of the private
+    part, even when a passphrase encrypts that part: no cryptography is needed to read it.
+    Raises ValueError saying what is wrong; the message never holds the key's content.
+    """
+    lines = [line.strip() for line in text.strip().splitlines()]
+    if not lines or lines[0] != OPENSSH_PRIVATE_BEGIN or lines[-1] != OPENSSH_PRIVATE_END:
+        raise ValueError("not in OpenSSH's format")
+    try:
+        data = base64.b64decode("".join(lines[1:-1]), validate=True)
+    except binascii.Error:
+        raise ValueError("its body is not base64") from None
+    if not data.startswith(OPENSSH_PRIVATE_MAGIC):
+        raise ValueError("its body does not start with openssh-key-v1")
+    at = len(OPENSSH_PRIVATE_MAGIC)
+    for _ in ("cipher", "kdf", "kdf options"):
+        _, at = _ssh_string(data, at)
+    if data[at : at + 4] != (1).to_bytes(4, "big"):
+        raise ValueError("it does not hold exactly one key")
+    blob, _ = _ssh_string(data, at + 4)
+    kind, _ = _ssh_string(blob, 0)
+    line = f"{kind.decode('ascii', 'replace')} {base64.b64encode(blob).decode()}"
+    if not SSH_PUBLIC_KEY_RE.match(line):
+        raise ValueError("its public key is of no type sshd takes")
+    return line
+
+
+def deploy_public_key(text: str | None, key: str) -> str | None:
+    """The public half of the sshPrivateKey text (None: the offline render's placeholder).
+
+    Every node keeps it authorized (templates/base/authorized-keys.sh.j2): the deploy's own key
+    is the one no config change may drop, so it has to be known."""
+    if text is None or SECRET_PLACEHOLDER_RE.match(text.strip()):
+        return None
+    try:
+        return openssh_public_half(text)
+    except ValueError as exc:
+        # Never the value itself in the message: it is the secret key.
         raise ConfigError(
             key,
-            f"{describe(text)} is not an OpenSSH public key",
-            'pulumi config set sshPublicKey "$(cat ~/.ssh/id_ed25519.pub)"',
-        )
-    return text
+            f"its public half cannot be read ({exc}); every node keeps that key authorized, "
+            "so that no change of the keys can lock the deploy out",
+            "give the key in OpenSSH's format (-----BEGIN OPENSSH PRIVATE KEY-----); "
+            "ssh-keygen -p -f <file> rewrites a PEM key so, the key staying the same",
+        ) from None
 
 
 def secret(value: Any, key: str) -> Any:
@@ -483,9 +563,20 @@ TOP_KEYS: tuple[Key, ...] = (
     Key("allowSshFromAnywhere", "true/false",
         "let adminCidrs hold 0.0.0.0/0, ::/0 or a public range as wide as a /8 (/16 for IPv6)",
         boolean, False),
-    Key("sshPublicKey", "text", "the OpenSSH public key new servers accept",
+    Key("sshPublicKey", "text",
+        "the deploy's OpenSSH public key: new servers are created with it, and every node's "
+        "authorized_keys holds it",
         ssh_public_key, None, "required with hcloud or aws nodes"),
-    Key("sshPrivateKey", "secret", "the private key the deploy steps log in with", secret),
+    Key("sshPrivateKey", "secret",
+        "the private key the deploy steps log in with (OpenSSH format); every node keeps its "
+        "public half authorized", secret),
+    Key("sshExtraPublicKeys", "list",
+        "more OpenSSH public keys every node's login user accepts (admins; the next deploy key "
+        "during a rotation)", ssh_public_keys, [], "`[]`"),
+    Key("protectServers", "true/false",
+        "mark cloud servers, their disks and public addresses `protect`ed: no `pulumi up` or "
+        "`destroy` deletes or replaces one until it is unprotected",
+        boolean, True),
     Key("meshCidr", "text",
         "private IPv4 network of the WireGuard mesh; a node's address is host meshIndex of it",
         private_ipv4_network, "10.42.0.0/24"),

@@ -5,6 +5,11 @@ IP, or the static host), since each firewall admits WireGuard only from the othe
 addresses; then the firewall/security group and the server; then the base step over SSH.
 Public ingress: 22/tcp from adminCidrs, 51820/udp from the other nodes, 443/tcp only with
 publicUi. Nothing else.
+
+No ordinary `pulumi up` replaces a server: the inputs that only matter when a server is made
+(the image, the bootstrap SSH key) are `ignore_changes`, the base step keeps authorized_keys up
+to date instead, and with protectServers the servers, disks and public addresses are
+`protect`ed (docs/operations.md, "Replace a server on purpose").
 """
 
 from __future__ import annotations
@@ -23,6 +28,13 @@ HCLOUD_IMAGE = "debian-13"
 # Debian's own AWS account publishes the official AMIs.
 DEBIAN_AMI_OWNER = "136693071363"
 DEBIAN_AMI_NAME = "debian-13-amd64-*"
+# Inputs read only when a server is created (SDK names; the SDK sends the provider's). A newer
+# image (the AMI lookup answers the newest) or a rotated key would otherwise replace every
+# server of the stack in one `pulumi up`: a new image reaches a node when it is replaced on
+# purpose, one node at a time; a new key through the base step (authorized_keys).
+HCLOUD_SERVER_IGNORED = ("image", "ssh_keys")
+AWS_INSTANCE_IGNORED = ("ami", "key_name")
+UNKNOWN_KEY = "<the public half of sshPrivateKey>"
 
 
 @dataclass(frozen=True)
@@ -33,9 +45,14 @@ class NodesArgs:
     cluster: str  # "airflow-ha-<stack>": cloud labels and tags, the Hetzner SSH key's name
     admin_cidrs: tuple[str, ...]
     public_ui: bool
-    ssh_public_key: str | None
+    ssh_public_key: str | None  # the bootstrap key of new servers
     ssh_private_key: Any  # str or a secret pulumi.Output[str]
     aws_vpc_cidr: str
+    # Every node's authorized_keys (ClusterConfig.authorized_keys) and whether the deploy's own
+    # key is among them (it is unless the private key is the offline render's placeholder).
+    authorized_keys: tuple[str, ...]
+    deploy_key_known: bool
+    protect: bool  # protectServers
 
 
 @dataclass(frozen=True)
@@ -112,6 +129,11 @@ class Node(pulumi.ComponentResource):
             {"publicAddress": self.public_address, "meshAddress": self.spec.mesh_address}
         )
 
+    def _kept(self, **more: Any) -> pulumi.ResourceOptions:
+        """Options of what holds the node's data or identity (server, disk, public address):
+        `protect`ed with protectServers, so that nothing deletes or replaces it by surprise."""
+        return pulumi.ResourceOptions(parent=self, protect=self._tier.protect, **more)
+
     def _address(self) -> pulumi.Output[str]:
         """The node's public address, made first so that peers' firewalls can name it."""
         spec, cluster = self.spec, self._tier.cluster
@@ -125,7 +147,7 @@ class Node(pulumi.ComponentResource):
                 assignee_type="server",
                 auto_delete=False,
                 labels={"cluster": cluster, "node": spec.name},
-                opts=pulumi.ResourceOptions(parent=self),
+                opts=self._kept(),
             )
             return self._primary_ip.ip_address
         if spec.cloud == "aws":
@@ -140,16 +162,28 @@ class Node(pulumi.ComponentResource):
                 f"{spec.name}-eip",
                 domain="vpc",
                 tags={"Name": f"{cluster}-{spec.name}"},
-                opts=pulumi.ResourceOptions(parent=self, provider=self._provider),
+                opts=self._kept(provider=self._provider),
             )
             return self._eip.public_ip
         return pulumi.Output.from_input(spec.host)
 
     def _base_step(self) -> pulumi.Resource:
+        tier = self._tier
+        context = {
+            "node": self.spec.name,
+            "user": self.spec.user,
+            # A cloud server is the program's: its authorized_keys is too (the bootstrap key
+            # goes). On a static server only the program's block is, the owner's lines stay.
+            "whole_file": self.spec.cloud != "static",
+            # Offline (a placeholder private key) the list shows where the deploy key goes;
+            # the script then refuses to run.
+            "keys": [*tier.authorized_keys, *([] if tier.deploy_key_known else [UNKNOWN_KEY])],
+            "deploy_key_known": tier.deploy_key_known,
+        }
         return run_step(
             "base",
             self.access,
-            render("base/base.sh.j2", {"node": self.spec.name}),
+            render("base/base.sh.j2", context),
             files=[
                 RemoteFile(
                     "/etc/ssh/sshd_config.d/10-airflow-ha.conf",
@@ -197,7 +231,7 @@ class Node(pulumi.ComponentResource):
                 )
             ],
             labels={"cluster": cluster, "node": spec.name},
-            opts=pulumi.ResourceOptions(parent=self),
+            opts=self._kept(ignore_changes=list(HCLOUD_SERVER_IGNORED)),
         )
         return Machine(server=server, reachable=server)
 
@@ -233,7 +267,8 @@ class Node(pulumi.ComponentResource):
             ),
             metadata_options=aws.ec2.InstanceMetadataOptionsArgs(http_tokens="required"),
             tags=tags,
-            opts=opts,
+            # The key lives in the key pair only (no user_data): key_name is its one input.
+            opts=self._kept(provider=self._provider, ignore_changes=list(AWS_INSTANCE_IGNORED)),
         )
         association = aws.ec2.EipAssociation(
             f"{spec.name}-eip-assoc", instance_id=instance.id, allocation_id=self._eip.id, opts=opts

@@ -8,15 +8,25 @@ from typing import Any
 
 import pytest
 
-from tools.engine import Engine, load_stack_file, run_program, stack_path
+from tools.engine import (
+    Engine,
+    fake_ssh_private_key,
+    fake_ssh_public_key,
+    load_stack_file,
+    run_program,
+    stack_path,
+)
+
+LOCAL_PUBLIC_KEY = fake_ssh_public_key("local")
 
 
 def stack_values(stack: str) -> dict[str, Any]:
     """The committed stack file's values, with a placeholder private key."""
     values = load_stack_file(stack_path(stack))
-    values.setdefault("sshPrivateKey", "-----BEGIN OPENSSH PRIVATE KEY-----\ntest\n")
     if stack == "local":
-        values.setdefault("sshPublicKey", "ssh-ed25519 AAAAtest local")
+        values.setdefault("sshPublicKey", LOCAL_PUBLIC_KEY)
+    # A private key whose public half is sshPublicKey's, as in a stack between rotations.
+    values.setdefault("sshPrivateKey", fake_ssh_private_key(values["sshPublicKey"]))
     return values
 
 

@@ -70,6 +70,16 @@ def unwrap_secrets(
     return value, found
 
 
+@dataclass(frozen=True)
+class Options:
+    """The resource options the engine acts on when it diffs a resource: what the program
+    asked for, as the SDK sent it (ignore_changes names already the provider's)."""
+
+    protect: bool = False
+    ignore_changes: tuple[str, ...] = ()
+    replace_on_changes: tuple[str, ...] = ()
+
+
 @dataclass
 class Step:
     """A parsed remote step: what lands on a node and what runs there."""
@@ -156,6 +166,38 @@ def fake_public_key(name: str) -> str:
     return base64.b64encode(hashlib.sha256(name.encode()).digest()).decode()
 
 
+def _ssh_string(data: bytes) -> bytes:
+    return len(data).to_bytes(4, "big") + data
+
+
+def fake_ssh_private_key(public_key: str, salt: str = "") -> str:
+    """An unencrypted OpenSSH-format private key text whose public half is `public_key` (an
+    authorized_keys line); another `salt`, another text with the same half. Only the public
+    half is real: it stands in for sshPrivateKey where the program reads that half
+    (components/config_schema.py) and never logs in with it."""
+    kind, body = public_key.split()[:2]
+    blob = base64.b64decode(body)
+    check = hashlib.sha256(blob + salt.encode()).digest()[:4]
+    private = check + check + _ssh_string(kind.encode()) + _ssh_string(b"not a real key")
+    private += bytes(range(1, 8 - len(private) % 8 + 1)) if len(private) % 8 else b""
+    data = (
+        b"openssh-key-v1\x00"
+        + _ssh_string(b"none") + _ssh_string(b"none") + _ssh_string(b"")
+        + (1).to_bytes(4, "big") + _ssh_string(blob) + _ssh_string(private)
+    )
+    text = base64.b64encode(data).decode()
+    lines = [text[i : i + 70] for i in range(0, len(text), 70)]
+    return "\n".join(
+        ["-----BEGIN OPENSSH PRIVATE KEY-----", *lines, "-----END OPENSSH PRIVATE KEY-----", ""]
+    )
+
+
+def fake_ssh_public_key(name: str) -> str:
+    """A well-formed ed25519 authorized_keys line derived from a name (not a usable key)."""
+    blob = _ssh_string(b"ssh-ed25519") + _ssh_string(hashlib.sha256(name.encode()).digest())
+    return f"ssh-ed25519 {base64.b64encode(blob).decode()} {name}"
+
+
 def hcloud_id(typ: str, name: str) -> str:
     """A Hetzner id (a number) derived from the resource, not from the registration order
     (which the SDK's parallelism varies): the same program makes the same inputs."""
@@ -188,6 +230,11 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
                 # The SDK sends depends_on and the resources the inputs' Outputs come from as
                 # one list: both are what the engine waits for before creating the resource.
                 self.mocks.dependencies[key] = frozenset(_key(u) for u in request.dependencies)
+                self.mocks.options[key] = Options(
+                    protect=bool(request.protect),
+                    ignore_changes=tuple(request.ignoreChanges),
+                    replace_on_changes=tuple(request.replaceOnChanges),
+                )
         return super().RegisterResource(request)
 
 
@@ -200,6 +247,7 @@ class Engine(pulumi_mocks.Mocks):
         self.parents: dict[tuple[str, str], str] = {}  # (type, name) -> "parent-type::name"
         # (type, name) -> {"type::name", ...}: its depends_on and its inputs' resources.
         self.dependencies: dict[tuple[str, str], frozenset[str]] = {}
+        self.options: dict[tuple[str, str], Options] = {}  # (type, name) -> its options
         self.secret_outputs: set[str] = set()  # stack outputs that are secrets
         self._counter = 0
 
@@ -259,6 +307,9 @@ class Engine(pulumi_mocks.Mocks):
 
     def steps(self) -> list[Step]:
         return [parse_step(r.inputs["stdin"]) for r in self.of_type(COMMAND)]
+
+    def options_of(self, r: Registered) -> Options:
+        return self.options.get((r.type, r.name), Options())
 
     def waits_for(self, name: str, typ: str = COMMAND) -> set[str]:
         """The names of the steps a resource (a step unless `typ` says otherwise) waits for

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,13 @@ import pytest
 from components.config import ConfigError, parse_config
 from tests.conftest import stack_values
 from tools import render
-from tools.engine import Engine, run_program, stack_path
+from tools.engine import (
+    Engine,
+    fake_ssh_private_key,
+    fake_ssh_public_key,
+    run_program,
+    stack_path,
+)
 
 DROP = object()  # a change that removes the key
 
@@ -74,6 +82,17 @@ DEV = "".join(
     if not line.startswith(("  airflow-ha:patroni:", "  airflow-ha:adminCidrs:"))
 ) + '  airflow-ha:adminCidrs: ["203.0.113.0/24"]\n'
 HCLOUD = {"cloud": "hcloud", "location": "fsn1", "size": "cx22"}
+EXTRA_KEY = fake_ssh_public_key("alice")
+# What `ssh-keygen -m PEM` writes: the deploy's key must be in OpenSSH's format.
+PEM_KEY = "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA\n-----END RSA PRIVATE KEY-----\n"
+_BODY = "".join(fake_ssh_private_key(EXTRA_KEY).splitlines()[1:-1])
+DAMAGED_KEY = "\n".join(  # cut short inside the public key (68 characters: 51 bytes)
+    ["-----BEGIN OPENSSH PRIVATE KEY-----", _BODY[:68], "-----END OPENSSH PRIVATE KEY-----"]
+)
+NOT_BASE64_KEY = (
+    "-----BEGIN OPENSSH PRIVATE KEY-----\nnot base64!\n-----END OPENSSH PRIVATE KEY-----"
+)
+DEPLOY_COMMENT = "airflow-ha deploy key (sshPrivateKey)"
 INJECTION = "x'; touch /tmp/pwned; echo '"
 
 # (case, values, key named in the message, words of the problem or the fix)
@@ -197,6 +216,21 @@ BAD_CONFIGS: list[tuple[str, dict[str, Any], str, str]] = [
     ("sshPublicKey two lines", _dev(sshPublicKey="ssh-ed25519 AAAA a\nssh-rsa AAAA b"),
      "sshPublicKey", "newline"),
     ("sshPrivateKey missing", _dev(sshPrivateKey=DROP), "sshPrivateKey", "missing"),
+    ("sshPrivateKey in PEM", _dev(sshPrivateKey=PEM_KEY), "sshPrivateKey", "OpenSSH's format"),
+    ("sshPrivateKey damaged", _dev(sshPrivateKey=DAMAGED_KEY), "sshPrivateKey",
+     "cannot be read (it ends early)"),
+    ("sshPrivateKey not base64", _dev(sshPrivateKey=NOT_BASE64_KEY), "sshPrivateKey",
+     "not base64"),
+    ("sshExtraPublicKeys as text", _dev(sshExtraPublicKeys=EXTRA_KEY), "sshExtraPublicKeys",
+     "expected a list of OpenSSH public keys"),
+    ("sshExtraPublicKeys entry not a key", _dev(sshExtraPublicKeys=[EXTRA_KEY, "my key"]),
+     "sshExtraPublicKeys[1]", "not an OpenSSH public key"),
+    ("sshExtraPublicKeys entry two lines", _dev(sshExtraPublicKeys=[EXTRA_KEY + "\n" + EXTRA_KEY]),
+     "sshExtraPublicKeys[0]", "newline"),
+    ("protectServers not a bool", _dev(protectServers="always"), "protectServers",
+     "true or false"),
+    ("typo: protectServer", _dev(protectServer=True), "protectServer",
+     "did you mean protectServers?"),
     # --- versions and tuning -------------------------------------------------------------------
     ("Airflow 2", _dev(airflowVersion="2.10.5"), "airflowVersion", "not an Airflow 3"),
     ("Airflow version unpinned", _dev(airflowVersion="3"), "airflowVersion", "not an Airflow 3"),
@@ -433,3 +467,52 @@ def test_five_and_seven_nodes_are_accepted(count: int) -> None:
     engine = Engine()
     outputs = run_program(_dev(nodes=nodes), engine, "dev")
     assert len(outputs["nodes"]) == count
+
+
+@pytest.mark.parametrize("kind", ["ed25519", "rsa", "ecdsa"])
+def test_the_deploy_key_is_read_from_a_real_private_key(kind: str, tmp_path: Path) -> None:
+    """What ssh-keygen writes, with and without a passphrase (the public half is in clear)."""
+    if shutil.which("ssh-keygen") is None:
+        pytest.skip("no ssh-keygen here")
+    for passphrase in ("", "secret words"):
+        key = tmp_path / f"{kind}-{len(passphrase)}"
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", kind, "-N", passphrase, "-C", "me@here", "-f", str(key)],
+            check=True,
+        )
+        public = Path(f"{key}.pub").read_text().strip()
+        cfg = parse_config(_dev(sshPrivateKey=key.read_text()))
+        assert cfg.deploy_public_key == " ".join(public.split()[:2])
+
+
+def test_every_node_authorizes_the_stacks_keys_and_always_the_deploys_own() -> None:
+    deploy = fake_ssh_public_key("deploy")
+    cfg = parse_config(
+        _dev(
+            sshPublicKey=deploy,
+            sshPrivateKey=fake_ssh_private_key(deploy),
+            sshExtraPublicKeys=[EXTRA_KEY, deploy, EXTRA_KEY],
+        )
+    )
+    assert cfg.authorized_keys == (deploy, EXTRA_KEY)  # each key once
+    # Mid-rotation: the new public key set, the old private key still in use; both accepted.
+    new = fake_ssh_public_key("new")
+    cfg = parse_config(_dev(sshPublicKey=new, sshPrivateKey=fake_ssh_private_key(deploy)))
+    assert cfg.authorized_keys == (new, f"{deploy.rsplit(' ', 1)[0]} {DEPLOY_COMMENT}")
+    assert parse_config(_local()).ssh_extra_public_keys == ()
+
+
+def test_a_private_key_error_never_shows_the_key() -> None:
+    body = "MIIEpAIBAAKCAQEAsecretpart"
+    for text in (PEM_KEY.replace("MIIEpAIBAAKCAQEA", body), DAMAGED_KEY, NOT_BASE64_KEY):
+        with pytest.raises(ConfigError) as caught:
+            parse_config(_dev(sshPrivateKey=text))
+        for line in text.splitlines()[1:-1]:
+            assert line not in str(caught.value)
+
+
+def test_servers_are_protected_unless_the_stack_says_otherwise() -> None:
+    assert parse_config(_dev(protectServers=DROP)).protect_servers is True
+    assert parse_config(_dev(protectServers="false")).protect_servers is False
+    assert parse_config(stack_values("prod"), stack="prod").protect_servers is True
+    assert parse_config(stack_values("staging"), stack="staging").protect_servers is True

@@ -19,12 +19,22 @@ import pytest
 import yaml
 
 from components import remote
-from tests.conftest import stack_values
+from tests.conftest import LOCAL_PUBLIC_KEY, stack_values
 from tools import deploy
-from tools.engine import Engine, parse_step, stack_path
+from tools.engine import (
+    Engine,
+    fake_ssh_private_key,
+    fake_ssh_public_key,
+    parse_step,
+    stack_path,
+)
 
 STACK = "local"
-NEW_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nrotated\n"
+# Another private key text with the committed key's public half: only the connection changes.
+NEW_KEY = fake_ssh_private_key(LOCAL_PUBLIC_KEY, salt="rotated")
+# A new key pair, as a rotation brings (docs/operations.md, section 4).
+ROTATED_PUBLIC_KEY = fake_ssh_public_key("rotated")
+ROTATED_PRIVATE_KEY = fake_ssh_private_key(ROTATED_PUBLIC_KEY)
 
 
 class FakeSsh:
@@ -131,8 +141,39 @@ def test_a_rotated_key_re_runs_every_step_on_that_connection_as_an_update(values
     assert {command for _, _, command in ssh.calls} == {remote.RUN_SCRIPT}
     saved = json.loads(up.state_path.read_text())
     assert {s["change"] for s in saved["steps"].values()} == {"update"}
-    assert "rotated" not in up.state_path.read_text()  # only digests of the key
+    kept = up.state_path.read_text()  # only digests of the key
+    assert not [line for line in NEW_KEY.splitlines()[1:-1] if line in kept]
     assert up(values(STACK, sshPrivateKey=NEW_KEY)).ran == []
+
+
+def test_a_key_rotation_rewrites_authorized_keys_and_never_drops_the_key_in_use(
+    values, up, ssh
+) -> None:
+    """The runbook's two deploys: the new public key first (only the base steps run, the old
+    key still logs in and stays authorized), then the new private key (every step, the base
+    steps now without the old key)."""
+    up.deployed()
+    first = values(STACK, sshPublicKey=ROTATED_PUBLIC_KEY)
+    added = up(first)
+    bases = {name for name in _all_steps() if name.endswith("-base")}
+    assert set(_changes(added)) == bases
+    assert {c.kind for c in _changes(added).values()} == {"replace"}  # a changed script
+    for _, conn, _ in ssh.calls:
+        assert conn["privateKey"] == stack_values(STACK)["sshPrivateKey"]
+    scripts = _base_scripts(added)
+    assert all(ROTATED_PUBLIC_KEY in s and LOCAL_PUBLIC_KEY.split()[1] in s for s in scripts)
+    switched = up({**first, "sshPrivateKey": ROTATED_PRIVATE_KEY})
+    assert set(_changes(switched)) == _all_steps()
+    assert {_changes(switched)[name].kind for name in bases} == {"replace"}
+    assert {conn["privateKey"] for _, conn, _ in ssh.calls} == {ROTATED_PRIVATE_KEY}
+    scripts = _base_scripts(switched)
+    assert all(ROTATED_PUBLIC_KEY in s and LOCAL_PUBLIC_KEY.split()[1] not in s for s in scripts)
+
+
+def _base_scripts(engine: deploy.DeployEngine) -> list[str]:
+    return [
+        r.inputs["stdin"] for r in engine.of_type(deploy.COMMAND) if r.name.endswith("-base")
+    ]
 
 
 def test_a_changed_trigger_is_recorded_as_a_replace(values, up) -> None:
@@ -260,8 +301,8 @@ def test_a_step_gone_from_the_program_leaves_the_state_only_on_a_whole_run(value
 
 def _stack_file(tmp_path: Path) -> Path:
     data = yaml.safe_load(stack_path(STACK).read_text())
-    data["config"]["airflow-ha:sshPrivateKey"] = "-----BEGIN OPENSSH PRIVATE KEY-----\nt\n"
-    data["config"]["airflow-ha:sshPublicKey"] = "ssh-ed25519 AAAAtest local"
+    data["config"]["airflow-ha:sshPrivateKey"] = fake_ssh_private_key(LOCAL_PUBLIC_KEY)
+    data["config"]["airflow-ha:sshPublicKey"] = LOCAL_PUBLIC_KEY
     path = tmp_path / "Pulumi.t.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
