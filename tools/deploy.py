@@ -37,6 +37,7 @@ from typing import Any
 from components.config import NAMESPACE, ConfigError
 from tools.engine import REPO, Engine, load_stack_file, parse_step, run_program, stack_path
 from tools.localcloud.lock import ClusterLock
+from tools.localcloud.machines import SSH_OPTIONS
 
 STATE_DIR = REPO / ".deploy-state"
 CLOUD_TYPES = ("hcloud:", "aws:")
@@ -431,14 +432,7 @@ class DeployEngine(Engine):
                 key.name,
                 "-p",
                 str(int(conn.get("port", 22))),
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "LogLevel=ERROR",
+                *SSH_OPTIONS,  # the local cloud's: no host key check yet (issue 13)
                 "-o",
                 "ConnectTimeout=10",
                 "-o",
