@@ -464,7 +464,14 @@ def monitor_check(
     paused = [t for t, v in during(victim, "diag") if v == "stopped"]
     closed = [t for t, v in during(victim, "amqp") if v == "closed"]
     demoted = [t for t, v in during(victim, "patroni") if v != "primary/running"]
+    # A paused RabbitMQ closes its AMQP listener; a lone `rabbitmq-diagnostics is_running` that
+    # failed (it starts an Erlang VM per call, 15 s at most, on a host the partition keeps busy)
+    # is not a pause: one such sample, with the listener open and no pause in the broker's log,
+    # failed a quick run. The failed calls are still counted, for the record.
     survivors_paused = sum(
+        1 for node in samples if node != victim for _, v in during(node, "amqp") if v == "closed"
+    )
+    survivors_diag_failed = sum(
         1 for node in samples if node != victim for _, v in during(node, "diag") if v == "stopped"
     )
     return {
@@ -475,6 +482,7 @@ def monitor_check(
         "patroni_demoted_after_s": round(demoted[0] - event, 1) if demoted else None,
         "etcd_unhealthy_samples": sum(1 for _, v in during(victim, "etcd") if v != "healthy"),
         "survivor_rabbit_paused_samples": survivors_paused,
+        "survivor_rabbit_diag_failed_samples": survivors_diag_failed,
         "victim_after": {k: last(victim, k) for k in ("diag", "amqp", "patroni", "etcd")},
     }
 
