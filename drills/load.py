@@ -336,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_write:
         stamp = time.strftime("%Y-%m-%dT%H%M%SZ", time.gmtime())
         path = args.out / f"{stamp}-load-{os.uname().nodename}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)  # after the drill, not lost to a typo
         path.write_text(json.dumps(doc, indent=1) + "\n")
         say(f"wrote {path}")
     return 0 if doc["ok"] else 1
