@@ -473,18 +473,13 @@ def consumer_timeout(value: Any, key: str) -> int:
     return number
 
 
-def net_ticktime(value: Any, key: str) -> int:
-    # Below 5 s a short loss on a WAN link would already split the cluster (RabbitMQ's advice).
-    return as_int(value, key, 5, 120, unit=" of seconds")
-
-
 def boolean(value: Any, key: str) -> bool:
     return as_bool(value, key)
 
 
-def seconds(low: int) -> Callable[[Any, str], int]:
+def seconds(low: int, high: int = 3600) -> Callable[[Any, str], int]:
     def check(value: Any, key: str) -> int:
-        return as_int(value, key, low, 3600, unit=" of seconds")
+        return as_int(value, key, low, high, unit=" of seconds")
 
     return check
 
@@ -596,7 +591,8 @@ TOP_KEYS: tuple[Key, ...] = (
         consumer_timeout, 86_400_000, "`86400000` (one day)"),
     Key("rabbitmqNetTicktimeS", "number",
         "seconds until RabbitMQ declares a silent peer (a machine lost) down (5-120)",
-        net_ticktime, 10, "`10` (Erlang's default is 60)"),
+        # Below 5 s a short loss on a WAN link would already split the cluster.
+        seconds(5, 120), 10, "`10` (Erlang's default is 60)"),
     Key("celeryWorkerConcurrency", "number", "task slots of each node's Celery worker (1-256)",
         concurrency, 8),
     Key("airflowAdminUser", "text", "the Airflow (and Flower) admin's user name",

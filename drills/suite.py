@@ -468,12 +468,12 @@ def monitor_check(
     # failed (it starts an Erlang VM per call, 15 s at most, on a host the partition keeps busy)
     # is not a pause: one such sample, with the listener open and no pause in the broker's log,
     # failed a quick run. The failed calls are still counted, for the record.
-    survivors_paused = sum(
-        1 for node in samples if node != victim for _, v in during(node, "amqp") if v == "closed"
-    )
-    survivors_diag_failed = sum(
-        1 for node in samples if node != victim for _, v in during(node, "diag") if v == "stopped"
-    )
+    def on_survivors(key: str, value: str) -> int:
+        survivors = [node for node in samples if node != victim]
+        return sum(1 for node in survivors for _, v in during(node, key) if v == value)
+
+    survivors_paused = on_survivors("amqp", "closed")
+    survivors_diag_failed = on_survivors("diag", "stopped")
     return {
         "victim_samples": {k: len(during(victim, k)) for k in ("diag", "amqp", "patroni", "etcd")},
         "rabbit_paused_after_s": round(paused[0] - event, 1) if paused else None,

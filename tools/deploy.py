@@ -147,11 +147,6 @@ class Planned:
     dependencies: set[Key]
 
 
-def _key_of(urn: str) -> Key:
-    qualified_type, name = urn.split("::")[-2:]
-    return qualified_type.split("$")[-1], name
-
-
 def _split(type_and_name: str) -> Key:
     """The engine double's "type::name" as a key."""
     resource_type, _, name = type_and_name.partition("::")
@@ -163,10 +158,7 @@ def plan_resources(values: dict[str, Any], stack: str) -> dict[Key, Planned]:
     for its resources' real URNs, parents and dependencies."""
     engine = Engine()
     run_program(values, engine, stack, placeholders=False)
-    parents: dict[Key, Key | None] = {}
-    for key, parent in engine.parents.items():
-        ptype, _, pname = parent.partition("::")
-        parents[key] = (ptype, pname) if parent else None
+    parents = {key: _split(parent) if parent else None for key, parent in engine.parents.items()}
 
     def qualified(key: Key) -> str:
         # The engine's URN carries the whole chain of parent types (the root stack left out).
