@@ -68,8 +68,14 @@ def _etcd_leader_node(cluster) -> str:
 @pytest.mark.parametrize("role", ["Leader", "Sync Standby"])
 def test_etcd_leadership_put_beside_the_primary_or_sync_standby_moves_away(cluster, role) -> None:
     """airflow-ha-etcd-leader-away.timer hands etcd's leadership to the async replica's node."""
-    listing = json.loads(cluster("node-a", f"{runbook.PATRONICTL} list -f json").stdout)
-    by_role = {m["Role"]: m["Member"] for m in listing}
+    # Machines just started: wait until Patroni names all three roles.
+    deadline = time.monotonic() + 120
+    while True:
+        listing = json.loads(cluster("node-a", f"{runbook.PATRONICTL} list -f json").stdout)
+        by_role = {m["Role"]: m["Member"] for m in listing}
+        if {"Leader", "Sync Standby", "Replica"} <= set(by_role) or time.monotonic() > deadline:
+            break
+        time.sleep(2)
     node = by_role[role]
     members = json.loads(cluster("node-a", f"{ETCDCTL} member list -w json").stdout)["members"]
     node_id = next(format(m["ID"], "x") for m in members if m["name"] == node)
