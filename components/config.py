@@ -24,7 +24,16 @@ import pulumi
 from . import config_schema as schema
 from .config_schema import NAMESPACE, ConfigError
 
-__all__ = ["NAMESPACE", "ClusterConfig", "ConfigError", "NodeSpec", "PatroniSettings"]
+__all__ = [
+    "NAMESPACE",
+    "AlertReceiver",
+    "ClusterConfig",
+    "ConfigError",
+    "NodeSpec",
+    "PatroniSettings",
+]
+
+AlertReceiver = schema.AlertReceiver
 
 # Login users of the cloud images (not configurable: the images decide).
 CLOUD_USERS = {"hcloud": "root", "aws": "admin"}
@@ -86,6 +95,10 @@ class ClusterConfig:
     rabbitmq_net_ticktime_s: int
     airflow_admin_user: str
     celery_worker_concurrency: int
+    alert_receivers: tuple[schema.AlertReceiver, ...] = ()
+    # A JSON mapping receiver name -> secret part: str, a secret pulumi.Output[str], or None.
+    alert_receiver_secrets: Any = None
+    alert_runbook_url: str = "docs/operations.md"
 
     @property
     def mesh_prefix_len(self) -> int:
@@ -325,13 +338,36 @@ def _parse_access(
     }
 
 
+def _parse_alerting(
+    get: Callable[[str], Any], secrets_text: str | None
+) -> dict[str, Any]:
+    """ClusterConfig's alert_receivers, alert_receiver_secrets and alert_runbook_url."""
+    receivers = get("alertReceivers")
+    secrets = get("alertReceiverSecrets")
+    if isinstance(secrets, str):
+        secrets_text = secrets
+    parsed = schema.receiver_secrets_text(secrets_text, "alertReceiverSecrets")
+    if parsed is None and secrets is None:
+        parsed = {}  # not set: then no receiver may need a URL
+    schema.check_receiver_secrets(receivers, parsed, "alertReceiverSecrets")
+    return {
+        "alert_receivers": receivers,
+        "alert_receiver_secrets": secrets,
+        "alert_runbook_url": get("alertRunbookUrl"),
+    }
+
+
 def parse_config(
-    raw: Mapping[str, Any], stack: str = "dev", private_key_text: str | None = None
+    raw: Mapping[str, Any],
+    stack: str = "dev",
+    private_key_text: str | None = None,
+    receiver_secrets_text: str | None = None,
 ) -> ClusterConfig:
     """Validate plain stack config values; raise ConfigError on the first problem.
 
     `private_key_text` is sshPrivateKey's text when `raw` holds it as a secret Output: its
-    public half is read from it (and only that leaves this function)."""
+    public half is read from it (and only that leaves this function).
+    `receiver_secrets_text` is alertReceiverSecrets' text likewise, for its checks only."""
     _check_stack_name(stack)
     schema.refuse_unknown(raw, schema.names(schema.TOP_KEYS), "", NAMESPACE)
 
@@ -364,6 +400,7 @@ def parse_config(
         airflow_admin_user=get("airflowAdminUser"),
         celery_worker_concurrency=get("celeryWorkerConcurrency"),
         protect_servers=get("protectServers"),
+        **_parse_alerting(get, receiver_secrets_text),
     )
 
 
@@ -393,20 +430,26 @@ def load_config() -> ClusterConfig:
     cfg = pulumi.Config(NAMESPACE)
     declared = {k.name: k for k in schema.TOP_KEYS}
     raw: dict[str, Any] = {}
-    private_key_text = None
+    texts: dict[str, str | None] = {}
     for name in _stored_keys():
         key = declared.get(name)
         if key is None:
             raw[name] = cfg.get(name)  # refused by parse_config, with a did-you-mean
         elif key.kind == "secret":
             raw[name] = cfg.get_secret(name)
-            # Its public half is read at once (the connections get the secret Output).
-            private_key_text = cfg.get(name)
+            # Read at once for its checks (sshPrivateKey: its public half); what the nodes
+            # and the connections get is the secret Output.
+            texts[name] = cfg.get(name)
         else:
             text = cfg.get(name)
             if text is not None:
                 raw[name] = _decode(key, text)
-    parsed = parse_config(raw, stack=pulumi.get_stack(), private_key_text=private_key_text)
+    parsed = parse_config(
+        raw,
+        stack=pulumi.get_stack(),
+        private_key_text=texts.get("sshPrivateKey"),
+        receiver_secrets_text=texts.get("alertReceiverSecrets"),
+    )
     _warn_mid_rotation(parsed)
     return parsed
 

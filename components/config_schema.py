@@ -16,6 +16,7 @@ import base64
 import binascii
 import difflib
 import ipaddress
+import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -492,6 +493,125 @@ def concurrency(value: Any, key: str) -> int:
     return as_int(value, key, 1, 256)
 
 
+# --- alerting (the monitoring tier) ---------------------------------------------------------
+
+RECEIVER_KINDS = ("webhook", "email", "slack")
+# Per kind: the receiver's own fields (besides name and kind) and which of them are required.
+# The secret part (webhook and Slack URL, SMTP password) is never here: alertReceiverSecrets.
+RECEIVER_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "webhook": ((), ()),
+    "slack": (("channel",), ()),
+    "email": (("to", "from", "smarthost", "authUsername"), ("to", "from", "smarthost")),
+}
+# Which kinds need an entry in alertReceiverSecrets (email without SMTP auth needs none).
+RECEIVER_SECRET_REQUIRED = ("webhook", "slack")
+EMAIL_RE = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
+SMARTHOST_RE = re.compile(r"^[A-Za-z0-9.-]+:\d{1,5}$")
+SLACK_CHANNEL_RE = re.compile(r"^[#@]?[a-z0-9._-]{1,80}$")
+URL_RE = re.compile(r"^https?://[^\s\"'<>\\]+$")
+# A runbook base: an http(s) URL, or a path inside this repository (links readable as text).
+RUNBOOK_RE = re.compile(r"^(https?://[^\s\"'<>\\#]+|[A-Za-z0-9._/-]+\.md)$")
+
+
+@dataclass(frozen=True)
+class AlertReceiver:
+    """One Alertmanager receiver from the stack config (its secret part: alertReceiverSecrets)."""
+
+    name: str
+    kind: str
+    fields: tuple[tuple[str, str], ...]  # (field, value) of RECEIVER_FIELDS[kind], as given
+
+    def field(self, name: str) -> str | None:
+        return dict(self.fields).get(name)
+
+
+_RECEIVER_FIELD_CHECKS: dict[str, tuple[re.Pattern[str], str]] = {
+    "to": (EMAIL_RE, "an e-mail address"),
+    "from": (EMAIL_RE, "an e-mail address"),
+    "smarthost": (SMARTHOST_RE, "host:port of the SMTP server"),
+    "authUsername": (LOGIN_USER_RE, "a plain user name"),
+    "channel": (SLACK_CHANNEL_RE, "a Slack channel such as #alerts"),
+}
+
+
+def _receiver(item: Any, key: str) -> AlertReceiver:
+    example = "e.g. {name: ops, kind: webhook}"
+    entry = as_mapping(item, key, example)
+    kind = one_of(RECEIVER_KINDS, "a receiver kind")(entry.get("kind"), f"{key}.kind")
+    optional, required = RECEIVER_FIELDS[kind]
+    refuse_unknown(entry, ["name", "kind", *optional], key, f"a {kind} receiver")
+    fields = []
+    for name in optional:
+        if entry.get(name) is None:
+            if name in required:
+                raise ConfigError(f"{key}.{name}", "is missing", f"set {name} of the receiver")
+            continue
+        pattern, what = _RECEIVER_FIELD_CHECKS[name]
+        fields.append((name, matching(entry[name], f"{key}.{name}", what, pattern,
+                                      f"is not {what}", f"write {what}")))
+    return AlertReceiver(node_name(entry.get("name"), f"{key}.name"), kind, tuple(fields))
+
+
+def alert_receivers(value: Any, key: str) -> tuple[AlertReceiver, ...]:
+    items = as_list(value, key, "receivers", "e.g. [{name: ops, kind: webhook}]")
+    receivers = tuple(_receiver(item, f"{key}[{i}]") for i, item in enumerate(items))
+    names = [r.name for r in receivers]
+    for name in names:
+        if names.count(name) > 1:
+            raise ConfigError(key, f"the receiver name {name!r} is used twice", "name each once")
+    return receivers
+
+
+def receiver_secrets_text(text: str | None, key: str) -> dict[str, str] | None:
+    """alertReceiverSecrets' plain text as a mapping (None: not set, or the offline render's
+    placeholder). The message never holds a value."""
+    if text is None or SECRET_PLACEHOLDER_RE.match(text.strip()):
+        return None
+    fix = "pulumi config set --secret alertReceiverSecrets '{\"ops\": \"https://...\"}'"
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError:
+        raise ConfigError(key, "is not a JSON mapping", fix) from None
+    if not isinstance(parsed, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and v and not _CONTROL.search(v)
+        for k, v in parsed.items()
+    ):
+        raise ConfigError(key, "is not a mapping of receiver names to one-line texts", fix)
+    return parsed
+
+
+def check_receiver_secrets(
+    receivers: Sequence[AlertReceiver], secrets: Mapping[str, str] | None, key: str
+) -> None:
+    """Every webhook and Slack receiver has its URL; no secret names an unknown receiver."""
+    if secrets is None:
+        return
+    kinds = {r.name: r.kind for r in receivers}
+    for name in secrets:
+        if name not in kinds:
+            raise ConfigError(key, f"names {name!r}, which is no receiver", "drop it or add it")
+        if kinds[name] != "email" and not URL_RE.match(secrets[name]):
+            raise ConfigError(key, f"the value for {name!r} is not an http(s) URL", "give the URL")
+    for receiver in receivers:
+        if receiver.kind in RECEIVER_SECRET_REQUIRED and receiver.name not in secrets:
+            raise ConfigError(
+                key, f"has no URL for the {receiver.kind} receiver {receiver.name!r}",
+                f"add \"{receiver.name}\": \"https://...\" to the secret mapping",
+            )
+
+
+def optional_secret(value: Any, key: str) -> Any:
+    """A Pulumi secret Output (or plain text in tests), checked by its key's own rules."""
+    return value
+
+
+runbook_url = matcher(
+    "a URL or a .md path", RUNBOOK_RE, "is neither an http(s) URL nor a path to a .md file",
+    "give the web address of docs/operations.md, e.g. https://git.example.com/airflow-ha/"
+    "blob/main/docs/operations.md",
+)
+
+
 # --- the declarations ------------------------------------------------------------------------
 
 REQUIRED = object()  # marks a key without a default
@@ -599,6 +719,16 @@ TOP_KEYS: tuple[Key, ...] = (
         admin_user, "admin"),
     Key("dagSync", "text", "how DAG files reach every node", one_of(DAG_SYNC_MODES, "a known mode"),
         "csync2"),
+    Key("alertReceivers", "list",
+        "where Alertmanager sends alerts: each {name, kind: webhook|email|slack, ...} (email: "
+        "to, from, smarthost, authUsername; slack: channel); none: alerts stay in its UI",
+        alert_receivers, [], "`[]`"),
+    Key("alertReceiverSecrets", "secret",
+        "JSON mapping of receiver name to its secret part: the webhook or Slack URL, the SMTP "
+        "password", optional_secret, None, "none"),
+    Key("alertRunbookUrl", "text",
+        "base of the alerts' runbook links (each alert adds #its-name): the web address of "
+        "docs/operations.md", runbook_url, "docs/operations.md"),
 )
 
 _COMMON_NODE_KEYS: tuple[Key, ...] = (

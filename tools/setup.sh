@@ -20,6 +20,23 @@ else
   echo "not root: skipping host packages (the local machines and some checks need them)" >&2
 fi
 
+# promtool and amtool (tests/unit/test_monitoring_rules.py checks the monitoring tier's
+# configs and runs its rule tests with them): from Debian's prometheus and
+# prometheus-alertmanager packages, extracted into .tools/bin (nothing is installed, no daemon
+# starts). The host's archive decides the version (bookworm: 2.42 / 0.25; the nodes run
+# trixie's 2.53 / 0.28, whose config and rule-test formats are the same for what is used here).
+if command -v apt-get >/dev/null && { [ ! -x .tools/bin/promtool ] || [ ! -x .tools/bin/amtool ]; }; then
+  tmp=$(mktemp -d)
+  if (cd "$tmp" && apt-get download -q prometheus prometheus-alertmanager >/dev/null 2>&1); then
+    for deb in "$tmp"/*.deb; do dpkg -x "$deb" "$tmp/root"; done
+    mkdir -p .tools/bin
+    install -m 0755 "$tmp/root/usr/bin/promtool" "$tmp/root/usr/bin/amtool" .tools/bin/
+  else
+    echo "apt-get download prometheus prometheus-alertmanager failed: the promtool/amtool tests will be skipped" >&2
+  fi
+  rm -rf "$tmp"
+fi
+
 [ -x .venv/bin/python ] || python3 -m venv .venv
 # requirements.lock pins every package, dependencies of dependencies too, to the versions the
 # tests last passed with (`make lock` re-resolves it): the same venv here, in CI and for pulumi up.
