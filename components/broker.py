@@ -28,11 +28,15 @@ AMQP_PORT = 5672
 DIST_PORT = 25672
 EPMD_PORT = 4369
 MANAGEMENT_PORT = 15672
+# rabbitmq_prometheus, on the mesh address only (the monitoring tier scrapes it). Enabling it
+# changes enabled_plugins, which restarts a running broker (install.sh): on a running cluster,
+# one node at a time (docs/operations.md).
+PROMETHEUS_PORT = 15692
 CLI_DIST_PORTS = range(35672, 35683)  # rabbitmqctl's own short-lived distribution listener
 VHOST = "airflow"
 USER = "airflow"
 USER_TAGS = "monitoring"  # may log in to the management UI (through the SSH tunnel) and read it
-PLUGINS = ("rabbitmq_management",)
+PLUGINS = ("rabbitmq_management", "rabbitmq_prometheus")
 
 CONF = "/etc/rabbitmq/rabbitmq.conf"
 ENV_CONF = "/etc/rabbitmq/rabbitmq-env.conf"
@@ -100,6 +104,7 @@ def node_context(args: BrokerArgs, spec: NodeSpec) -> dict:
         "dist_port": DIST_PORT,
         "epmd_port": EPMD_PORT,
         "management_port": MANAGEMENT_PORT,
+        "prometheus_port": PROMETHEUS_PORT,
         "discovery_retry_limit": DISCOVERY_RETRY_LIMIT,
         "discovery_retry_interval_ms": DISCOVERY_RETRY_INTERVAL_MS,
         "consumer_timeout_ms": args.consumer_timeout_ms,
@@ -124,7 +129,9 @@ def config_files(args: BrokerArgs, spec: NodeSpec) -> list[RemoteFile]:
 def check_patterns(mesh_address: str) -> dict[str, str]:
     """The check step's two regexes: the broker's ports, and the addresses they may listen on
     (the mesh address and loopback)."""
-    ports = sorted({AMQP_PORT, DIST_PORT, EPMD_PORT, MANAGEMENT_PORT, *CLI_DIST_PORTS})
+    ports = sorted(
+        {AMQP_PORT, DIST_PORT, EPMD_PORT, MANAGEMENT_PORT, PROMETHEUS_PORT, *CLI_DIST_PORTS}
+    )
     allowed = [mesh_address, "127.0.0.1"]
     return {
         "ports_pattern": ":(" + "|".join(str(p) for p in ports) + ")$",

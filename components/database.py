@@ -23,6 +23,7 @@ from typing import Any
 import pulumi
 
 from .config import NodeSpec, PatroniSettings
+from .layout import MONITORING_USER
 from .nodes import Node
 from .remote import RemoteFile, render, render_output, run_step
 from .tier import TierArgs, generated_password
@@ -43,6 +44,8 @@ PATRONI_PORT = 8008
 HAPROXY_PRIMARY_PORT = 5000
 HAPROXY_REPLICA_PORT = 5001
 HAPROXY_STATS_PORT = 7000
+# HAProxy's built-in Prometheus exporter, on the mesh address (the monitoring tier scrapes it).
+HAPROXY_METRICS_PORT = 8405
 # HAProxy health checks against Patroni's REST API:
 # - inter 1s: a promoted node answers 200 on /primary at most a second before HAProxy sees it;
 #   3 HAProxies x 3 nodes x 2 listeners is ~18 tiny HTTP requests a second: nothing.
@@ -162,6 +165,8 @@ def pg_hba(mesh: str) -> list[str]:
     """Who may connect: postgres over the local socket; the rest from the mesh, by password."""
     return [
         f"local all {SUPERUSER} peer",
+        # The monitoring tier's postgres-exporter (OS user and role of one name, no password).
+        f"local postgres {MONITORING_USER} peer",
         # Patroni's own replication connection to its local PostgreSQL (timeline checks
         # before a rewind) goes to localhost.
         f"host replication {REPLICATION_USER} 127.0.0.1/32 scram-sha-256",
@@ -204,6 +209,7 @@ def haproxy_cfg(servers: list[dict[str, str]], spec: NodeSpec) -> str:
             "primary_port": HAPROXY_PRIMARY_PORT,
             "replica_port": HAPROXY_REPLICA_PORT,
             "stats_port": HAPROXY_STATS_PORT,
+            "metrics_port": HAPROXY_METRICS_PORT,
             "postgres_port": POSTGRES_PORT,
             "rest_port": PATRONI_PORT,
             "check": HAPROXY_CHECK,

@@ -13,6 +13,13 @@ from dataclasses import dataclass
 UI_PORT = 443
 WIREGUARD_PORT = 51820  # the mesh; the firewall admits it from the other nodes only
 
+# node-exporter's textfile collector reads *.prom files here (the monitoring tier makes it;
+# the DAG sync script writes its last successful run into it when it exists).
+TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
+# The OS user Debian's Prometheus packages run as; also the PostgreSQL role of the
+# postgres-exporter (peer authentication over the local socket: the database tier's pg_hba).
+MONITORING_USER = "prometheus"
+
 AIRFLOW_HOME = "/opt/airflow"
 DAGS_DIR = f"{AIRFLOW_HOME}/dags"
 

@@ -124,7 +124,13 @@ def test_erlang_distribution_and_epmd_listen_on_the_mesh_only(local, tmp_path) -
 
         unit = _file(step, "/etc/systemd/system/rabbitmq-server.service.d/airflow-ha.conf")
         assert "After=wg-quick@wg0.service epmd.socket" in unit.splitlines()
-        assert _file(step, "/etc/rabbitmq/enabled_plugins").strip() == "[rabbitmq_management]."
+        assert _file(step, "/etc/rabbitmq/enabled_plugins").strip() == (
+            "[rabbitmq_management,rabbitmq_prometheus]."
+        )
+        conf = _file(step, "/etc/rabbitmq/rabbitmq.conf").splitlines()
+        # The metrics endpoint on the mesh only, like the management UI.
+        assert f"prometheus.tcp.ip = {mesh[node]}" in conf
+        assert "prometheus.tcp.port = 15692" in conf
 
 
 def test_cookie_and_password_are_secrets_and_only_in_their_steps(local) -> None:

@@ -135,7 +135,11 @@ def test_pg_hba_admits_only_the_mesh_by_password_and_postgres_on_the_socket(loca
             # Only the mesh, and loopback for Patroni's own replication connection.
             loopback = line[3] in ("127.0.0.1/32", "::1/128")
             assert line[3] == "10.42.0.0/24" or (loopback and line[1] == "replication")
-        assert all(h[0] == "local" and h[2] == "postgres" for h in hba if h not in remote)
+        local_lines = [h for h in hba if h not in remote]
+        # The superuser, and the postgres-exporter's role, no password, in its own database only.
+        assert ["local", "postgres", "prometheus", "peer"] in local_lines
+        assert all(h[0] == "local" and h[3] == "peer" for h in local_lines)
+        assert {h[2] for h in local_lines} == {"postgres", "prometheus"}
 
 
 def _patroni_binary() -> str:
@@ -241,6 +245,10 @@ def test_haproxy_routes_to_the_primary_and_replicas_of_all_nodes(local) -> None:
         assert "retries 0" in sections["defaults"]
         assert re.search(r"inter \d+m?s fall \d+ rise \d+", default_server)
         assert f"bind {mesh[node]}:7000" in sections["listen stats"]
+        # Prometheus metrics from HAProxy's own exporter, on the mesh address only.
+        metrics = sections["frontend prometheus"]
+        assert f"bind {mesh[node]}:8405" in metrics
+        assert "http-request use-service prometheus-exporter if { path /metrics }" in metrics
 
 
 def test_haproxy_cfg_passes_haproxy_check(local, tmp_path) -> None:
