@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import pulumi
 
+from . import broker as broker_tier
+from . import database as database_tier
 from .airflow import AirflowArgs, AirflowTier, lock_file
 from .broker import BrokerArgs, BrokerTier
 from .config import ClusterConfig
 from .dag_sync import DagSync, DagSyncArgs
 from .database import PATRONI_CONFIG, DatabaseArgs, DatabaseTier
 from .layout import DAGS_DIR
+from .monitoring import MonitoringArgs, MonitoringTier, ScrapeJob
 from .nodes import Nodes, NodesArgs
 from .tier import TierArgs
 from .vpn import VpnArgs, VpnMesh
@@ -78,6 +81,31 @@ def airflow_args(
     )
 
 
+def monitoring_args(
+    cfg: ClusterConfig, on: TierArgs, after: list[dict[str, pulumi.Resource]]
+) -> MonitoringArgs:
+    """The tiers' metrics endpoints, named from their own constants; `after`: the ready steps
+    of the tiers it scrapes (each node's monitoring waits for its node's)."""
+    return MonitoringArgs(
+        on.nodes,
+        on.after,
+        tier_jobs=(
+            ScrapeJob("etcd", database_tier.ETCD_CLIENT_PORT),
+            ScrapeJob("patroni", database_tier.PATRONI_PORT),
+            ScrapeJob("haproxy", database_tier.HAPROXY_METRICS_PORT),
+            ScrapeJob("rabbitmq", broker_tier.PROMETHEUS_PORT),
+        ),
+        receivers=cfg.alert_receivers,
+        receiver_secrets=cfg.alert_receiver_secrets,
+        runbook_url=cfg.alert_runbook_url,
+        sync_standbys=1 if cfg.patroni.synchronous_mode else 0,
+        max_lag_bytes=cfg.patroni.maximum_lag_on_failover,
+        postgres_port=database_tier.POSTGRES_PORT,
+        broker_vhost=broker_tier.VHOST,
+        also_after={n.spec.name: [tier[n.spec.name] for tier in after] for n in on.nodes},
+    )
+
+
 class AirflowHaCluster(pulumi.ComponentResource):
     def __init__(self, cfg: ClusterConfig, opts: pulumi.ResourceOptions | None = None):
         lock_file(cfg.airflow_version)  # ConfigError before any resource when the lock is missing
@@ -93,6 +121,11 @@ class AirflowHaCluster(pulumi.ComponentResource):
             "airflow", airflow_args(cfg, on_mesh, self.database, self.broker), child
         )
         self.dag_sync = DagSync("dag-sync", DagSyncArgs(on_mesh.nodes, on_mesh.after), child)
+        # After the tiers it scrapes: its check wants every target up.
+        scraped = [self.database.ready, self.broker.ready, self.airflow.ready, self.dag_sync.ready]
+        self.monitoring = MonitoringTier(
+            "monitoring", monitoring_args(cfg, on_mesh, scraped), child
+        )
         self.outputs: dict[str, pulumi.Input] = self._outputs()
         self.register_outputs(self.outputs)
 
@@ -119,6 +152,12 @@ class AirflowHaCluster(pulumi.ComponentResource):
             "brokerManagementTunnel": self.broker.management_tunnel,
             # HAProxy's stats page listens on each node's mesh address: reach it through SSH.
             "databaseStatsTunnel": self.database.stats_tunnels,
+            # Prometheus and Alertmanager listen on the mesh only: reach them through SSH.
+            "monitoring": {
+                "prometheusTunnel": self.monitoring.prometheus_tunnel,
+                "alertmanagerTunnel": self.monitoring.alertmanager_tunnel,
+                "status": "python -m tools.status --stack <stack>  # the one-screen health view",
+            },
             "patronictl": f"patronictl -c {PATRONI_CONFIG} list  # on any node, as root",
             "airflow": {
                 "uiUrls": self.airflow.ui_urls,

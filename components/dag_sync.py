@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import pulumi
 
-from .layout import AIRFLOW_ACCOUNT, DAGS_DIR
+from .layout import AIRFLOW_ACCOUNT, DAGS_DIR, TEXTFILE_DIR
 from .nodes import Node
 from .remote import RemoteFile, render, render_output, run_step
 from .tier import TierArgs, generated_password
@@ -88,6 +88,7 @@ class DagSync(pulumi.ComponentResource):
             "probe_timeout": PROBE_TIMEOUT_S,
             "run_timeout": RUN_TIMEOUT_S,
             "dags_dir": DAGS_DIR,
+            "textfile_dir": TEXTFILE_DIR,
         }
         context = {
             "node": name,
