@@ -28,7 +28,7 @@ def _tool(name: str) -> str:
         return str(found)
     on_path = shutil.which(name)
     if on_path is None:
-        pytest.skip(f"{name} is missing: `make setup` extracts it into .tools/bin (Debian's package)")
+        pytest.skip(f"{name} is missing: `make setup` puts Debian's into .tools/bin")
     return on_path
 
 
@@ -57,7 +57,9 @@ def test_promtool_accepts_the_config_and_rules(local, tmp_path) -> None:
     rules = tmp_path / "airflow-ha-rules.yml"
     rules.write_text(files[monitoring.RULES_FILE])
     config = tmp_path / "prometheus.yml"
-    config.write_text(files[monitoring.PROMETHEUS_CONFIG].replace(monitoring.RULES_FILE, str(rules)))
+    config.write_text(
+        files[monitoring.PROMETHEUS_CONFIG].replace(monitoring.RULES_FILE, str(rules))
+    )
     result = _run(promtool, "check", "config", str(config))
     assert result.returncode == 0, result.stdout + result.stderr
     result = _run(promtool, "check", "rules", str(rules))
@@ -75,7 +77,9 @@ def test_every_alert_rule_passes_its_promtool_tests(local, tmp_path) -> None:
 def test_every_alert_has_a_firing_and_a_non_firing_case(local) -> None:
     rules = yaml.safe_load(_files(local)[monitoring.RULES_FILE])
     alerts = {r["alert"] for g in rules["groups"] for r in g["rules"]}
-    cases = [c for t in yaml.safe_load(RULE_TESTS.read_text())["tests"] for c in t["alert_rule_test"]]
+    cases = [
+        c for t in yaml.safe_load(RULE_TESTS.read_text())["tests"] for c in t["alert_rule_test"]
+    ]
     firing = {c["alertname"] for c in cases if c["exp_alerts"]}
     quiet = {c["alertname"] for c in cases if not c["exp_alerts"]}
     assert alerts == firing, f"without a firing case: {alerts - firing}; unknown: {firing - alerts}"
@@ -89,7 +93,9 @@ def test_every_alert_links_its_runbook_section(local) -> None:
         for rule in group["rules"]:
             anchor = rule["alert"].lower()
             assert rule["annotations"]["runbook_url"] == f"docs/operations.md#{anchor}"
-            assert f"\n#### {anchor}\n" in runbook, f"docs/operations.md has no #### {rule['alert']}"
+            assert f"\n#### {anchor}\n" in runbook, (
+                f"docs/operations.md has no #### {rule['alert']}"
+            )
 
 
 def test_amtool_accepts_the_config_with_and_without_receivers(values, deploy, tmp_path) -> None:
