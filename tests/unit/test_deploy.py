@@ -171,9 +171,7 @@ def test_a_key_rotation_rewrites_authorized_keys_and_never_drops_the_key_in_use(
 
 
 def _base_scripts(engine: deploy.DeployEngine) -> list[str]:
-    return [
-        r.inputs["stdin"] for r in engine.of_type(deploy.COMMAND) if r.name.endswith("-base")
-    ]
+    return [r.inputs["stdin"] for r in engine.of_type(deploy.COMMAND) if r.name.endswith("-base")]
 
 
 def test_a_changed_trigger_is_recorded_as_a_replace(values, up) -> None:
@@ -245,6 +243,12 @@ def test_target_runs_exactly_the_targets_and_with_dependents_what_follows(values
         "node-a-airflow-start",
         "node-b-airflow-start",
         "node-c-airflow-start",
+        # The monitoring tier waits for each node's Airflow (it scrapes what runs there).
+        *(
+            f"{n}-{step}"
+            for n in ("node-a", "node-b", "node-c")
+            for step in ("monitoring-packages", "monitoring", "monitoring-check")
+        ),
     }  # node-a-airflow-install ran in the previous run: unchanged now
     several = up(
         rotated,
