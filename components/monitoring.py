@@ -56,6 +56,7 @@ PACKAGES = (
     "prometheus-node-exporter",
     "prometheus-postgres-exporter",
     "curl",
+    "dbus",  # the node exporter's systemd collector asks systemd over the system bus
 )
 PROMETHEUS_CONFIG = "/etc/prometheus/prometheus.yml"
 RULES_FILE = "/etc/prometheus/airflow-ha-rules.yml"
@@ -286,10 +287,8 @@ def textfile_files(args: MonitoringArgs, spec: NodeSpec) -> list[RemoteFile]:
         "script": TEXTFILE_SCRIPT,
         "interval": TEXTFILE_INTERVAL_S,
         "textfile_dir": TEXTFILE_DIR,
-        "peers_json": json.dumps(
-            {n.spec.mesh_address: n.spec.name for n in args.nodes if n.spec is not spec}
-        ),
-        "nodes_json": json.dumps([n.spec.name for n in args.nodes]),
+        "peers": [m for m in _members(args.nodes) if m["name"] != spec.name],
+        "nodes": [n.spec.name for n in args.nodes],
         "job_types_json": json.dumps([j["job_type"] for j in HEARTBEAT_JOBS]),
         "vhost": args.broker_vhost,
         "rabbitmq_every": RABBITMQ_EVERY_S,

@@ -65,6 +65,8 @@ REMOVED_MARK = re.compile(
 DERIVED = re.compile(
     r"member_count|-member cluster|-eq \d+|classic_config\.nodes\.\d+ = rabbit@"
     r"|^# What the units run with|^\s*$"
+    # The monitoring tier's: its rules' and check's expected member and target counts.
+    r"|(running_nodes|cluster_members) < \d+|^(node_count|expected_targets)=\d+$"
 )
 
 
