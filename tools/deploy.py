@@ -238,6 +238,26 @@ def check_skipped_creates(planned: dict[Key, Planned], selected: set[Key], has_s
         )
 
 
+def private_dir(path: Path) -> Path:
+    """`path` (and missing parents) as a folder only its owner may enter: 0700 whatever the
+    umask, an existing one tightened too (step logs and state hold what the steps print)."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for folder in reversed(missing):  # mkdir(parents=True) would make the parents 0755
+        folder.mkdir(mode=0o700, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `path` as mode 0600 in a 0700 folder, atomically (no moment of a wider mode)."""
+    private_dir(path.parent)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o600)  # an older file of that name kept its mode through O_CREAT
+    tmp.replace(path)
+
+
 class StepFailed(RuntimeError):
     def __init__(self, name: str, node: str, returncode: int, stderr: str) -> None:
         tail = "\n".join(stderr.strip().splitlines()[-25:])
@@ -256,11 +276,7 @@ class DeployState:
             self.data = json.loads(path.read_text())
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
-            json.dump(self.data, f, indent=1, sort_keys=True)
-        tmp.replace(self.path)
+        write_private(self.path, json.dumps(self.data, indent=1, sort_keys=True))
 
     def has(self, key: Key) -> bool:
         """Whether the resource exists in the state (a Command that ran, a saved secret);
@@ -373,10 +389,10 @@ class DeployEngine(Engine):
         else:
             result = self._ssh(inputs["connection"], remote_command, script)
         seconds = time.monotonic() - started
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        (self.log_dir / f"{name}.log").write_text(
+        write_private(
+            self.log_dir / f"{name}.log",
             f"# {change.describe()}: exit {result.returncode} after {seconds:.1f}s\n"
-            f"# stdout\n{result.stdout}\n# stderr\n{result.stderr}"
+            f"# stdout\n{result.stdout}\n# stderr\n{result.stderr}",
         )
         if result.returncode != 0:
             failure = StepFailed(name, step.node, result.returncode, result.stderr or result.stdout)
@@ -554,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.monotonic() - started
     print(f"deployed stack {args.stack} in {seconds:.1f}s: {summary(engine)}", flush=True)
     shown = {k: "[secret]" if k in engine.secret_outputs else v for k, v in outputs.items()}
-    (STATE_DIR / f"{args.stack}.outputs.json").write_text(json.dumps(shown, indent=1))
+    write_private(STATE_DIR / f"{args.stack}.outputs.json", json.dumps(shown, indent=1))
     return 0
 
 

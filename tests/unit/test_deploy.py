@@ -342,3 +342,29 @@ def test_the_replace_on_changes_list_matches_the_installed_sdk() -> None:
 def test_target_patterns(pattern: str, hit: bool) -> None:
     urn = "urn:pulumi:s::p::a:b:C$command:remote:Command::n-1"
     assert deploy.target_matches(pattern, "n-1", urn) is hit
+
+
+def test_state_and_step_logs_are_private_whatever_the_umask(values, tmp_path, ssh) -> None:
+    """The state holds every generated secret, a log what a step printed: 0600 in 0700
+    folders, a folder made before tightened, an older wider file narrowed."""
+    import os
+
+    top = tmp_path / "deploy-state"
+    top.mkdir(mode=0o755)
+    top.chmod(0o755)
+    (top / "local.json").write_text('{"secrets": {}, "steps": {}}')
+    (top / "local.json").chmod(0o644)
+    old = os.umask(0o022)
+    try:
+        state = deploy.DeployState(top / "local.json")
+        logs = top / "local" / "logs"
+        engine = deploy.DeployEngine(state, False, None, logs, verbose=False)
+        deploy.run(engine, values(STACK), STACK)
+    finally:
+        os.umask(old)
+    written = [top / "local.json", *logs.iterdir()]
+    assert len(written) > 10 and state.data["secrets"]  # the secrets and every step's log
+    for path in written:
+        assert path.stat().st_mode & 0o777 == 0o600, path
+    for folder in (top, top / "local", logs):
+        assert folder.stat().st_mode & 0o777 == 0o700, folder
