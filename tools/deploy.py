@@ -35,9 +35,17 @@ from pathlib import Path
 from typing import Any
 
 from components.config import NAMESPACE, ConfigError
-from tools.engine import REPO, Engine, load_stack_file, parse_step, run_program, stack_path
+from tools.engine import (
+    REPO,
+    Engine,
+    load_stack_file,
+    parse_step,
+    run_program,
+    stack_path,
+    with_host_keys,
+)
 from tools.localcloud.lock import ClusterLock
-from tools.localcloud.machines import SSH_OPTIONS
+from tools.localcloud.machines import SSH_CHECK_OPTIONS, host_keys, known_hosts_lines
 
 STATE_DIR = REPO / ".deploy-state"
 CLOUD_TYPES = ("hcloud:", "aws:")
@@ -312,6 +320,9 @@ class DeployEngine(Engine):
         self.log_dir = log_dir
         self.verbose = verbose
         self.failed: StepFailed | None = None
+        # Every connection's pinned host key, written as ssh's known_hosts beside the state.
+        self.known_hosts: dict[tuple[str, int], str] = {}
+        self.known_hosts_path = state.path.with_name(state.path.stem + ".known_hosts")
         self.ran: list[tuple[str, Change]] = []
         self.skipped: list[str] = []
         self.print_lock = threading.Lock()
@@ -429,7 +440,20 @@ class DeployEngine(Engine):
             self.say(f"  delete {name} (no longer in the program)")
         return gone
 
+    def pin_host_key(self, conn: dict) -> Path:
+        """The known_hosts file holding `conn`'s host key (0600, beside the state)."""
+        if not conn.get("hostKey"):
+            raise RuntimeError(
+                f"{conn.get('host')}: the connection has no hostKey; tools.deploy checks every "
+                "host key (StrictHostKeyChecking=yes): set the node's hostKey"
+            )
+        with self.state.lock:
+            self.known_hosts[(conn["host"], int(conn.get("port", 22)))] = conn["hostKey"]
+            write_private(self.known_hosts_path, known_hosts_lines(self.known_hosts))
+        return self.known_hosts_path
+
     def _ssh(self, conn: dict, remote_command: str, script: str) -> subprocess.CompletedProcess:
+        known_hosts = self.pin_host_key(conn)
         with tempfile.NamedTemporaryFile("w", delete=False, prefix="airflow-ha-key-") as key:
             key.write(conn["privateKey"].rstrip("\n") + "\n")
         os.chmod(key.name, 0o600)
@@ -440,7 +464,10 @@ class DeployEngine(Engine):
                 key.name,
                 "-p",
                 str(int(conn.get("port", 22))),
-                *SSH_OPTIONS,  # the local cloud's: no host key check yet (issue 13)
+                # As pulumi-command with a host_key: that key, of that type, or no connection.
+                *SSH_CHECK_OPTIONS,
+                "-o",
+                f"UserKnownHostsFile={known_hosts}",
                 "-o",
                 "ConnectTimeout=10",
                 "-o",
@@ -461,7 +488,8 @@ class DeployEngine(Engine):
 
 
 def local_stack_values(values: dict[str, Any]) -> dict[str, Any]:
-    """The local stack logs in with the key tools.localcloud generated (never committed)."""
+    """The local stack logs in with the key tools.localcloud generated (never committed) and
+    checks the machines' host keys, which the local cloud generated into their disks."""
     from tools.localcloud.machines import SSH_KEY_PATH
 
     key_path = Path(SSH_KEY_PATH)
@@ -469,7 +497,10 @@ def local_stack_values(values: dict[str, Any]) -> dict[str, Any]:
         raise SystemExit(f"no SSH key at {key_path}: run `python3 -m tools.localcloud up` first")
     values.setdefault("sshPrivateKey", key_path.read_text())
     values.setdefault("sshPublicKey", Path(f"{key_path}.pub").read_text().strip())
-    return values
+    keys = host_keys()
+    if not keys:
+        raise SystemExit("no machine disks with host keys: run `python3 -m tools.localcloud up`")
+    return with_host_keys(values, keys)
 
 
 def select(
