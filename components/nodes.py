@@ -22,6 +22,7 @@ import pulumi
 
 from . import hostkeys
 from .config import NodeSpec
+from .config_schema import SECRET_PLACEHOLDER_RE
 from .layout import UI_PORT, WIREGUARD_PORT
 from .remote import NodeAccess, RemoteFile, render, run_step
 
@@ -184,7 +185,7 @@ class Node(pulumi.ComponentResource):
         seed = random.RandomBytes(
             f"{self.spec.name}-host-key", length=32, opts=pulumi.ResourceOptions(parent=self)
         ).base64
-        pair = seed.apply(lambda s: hostkeys.from_base64_seed(s, f"root@{self.spec.name}"))
+        pair = seed.apply(lambda s: _key_pair(s, self.spec.name))
         public = pulumi.Output.unsecret(pair.apply(lambda p: p[1].rsplit(" ", 1)[0]))
         user_data = pulumi.Output.secret(pair.apply(lambda p: cloud_init(*p)))
         return user_data, public
@@ -358,6 +359,14 @@ class Node(pulumi.ComponentResource):
             tags=tags,
             opts=opts,
         )
+
+
+def _key_pair(seed: str, node: str) -> tuple[str, str]:
+    """(private text, public line) of a node's host key; the offline render's placeholder
+    seed (tools.render: `<secret:...>`) gives placeholders."""
+    if SECRET_PLACEHOLDER_RE.match(seed):
+        return f"<secret:{node}-host-key>", f"<host key of {node}>"
+    return hostkeys.from_base64_seed(seed, f"root@{node}")
 
 
 def cloud_init(private_key: str, public_key: str) -> str:
