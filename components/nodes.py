@@ -364,9 +364,12 @@ class Node(pulumi.ComponentResource):
 def _key_pair(seed: str, node: str) -> tuple[str, str]:
     """(private text, public line) of a node's host key; the offline render's placeholder
     seed (tools.render: `<secret:...>`) gives placeholders."""
-    if SECRET_PLACEHOLDER_RE.match(seed):
+    try:
+        return hostkeys.from_base64_seed(seed, f"root@{node}")
+    except ValueError:  # binascii.Error too; RandomBytes gives 32 bytes in base64
+        if SECRET_PLACEHOLDER_RE.match(seed) is None:
+            raise
         return f"<secret:{node}-host-key>", f"<host key of {node}>"
-    return hostkeys.from_base64_seed(seed, f"root@{node}")
 
 
 def cloud_init(private_key: str, public_key: str) -> str:

@@ -23,10 +23,12 @@ from tests.conftest import LOCAL_PUBLIC_KEY, stack_values
 from tools import deploy
 from tools.engine import (
     Engine,
+    fake_host_keys,
     fake_ssh_private_key,
     fake_ssh_public_key,
     parse_step,
     stack_path,
+    with_host_keys,
 )
 
 STACK = "local"
@@ -303,6 +305,8 @@ def _stack_file(tmp_path: Path) -> Path:
     data = yaml.safe_load(stack_path(STACK).read_text())
     data["config"]["airflow-ha:sshPrivateKey"] = fake_ssh_private_key(LOCAL_PUBLIC_KEY)
     data["config"]["airflow-ha:sshPublicKey"] = LOCAL_PUBLIC_KEY
+    nodes = {"nodes": data["config"]["airflow-ha:nodes"]}
+    data["config"]["airflow-ha:nodes"] = with_host_keys(nodes, fake_host_keys(nodes))["nodes"]
     path = tmp_path / "Pulumi.t.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
