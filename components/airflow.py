@@ -345,6 +345,9 @@ class Secrets:
     api_secret_key: pulumi.Output[str]
     jwt_secret: pulumi.Output[str]
     admin_password: pulumi.Output[str]
+    # Flower's basic auth, its own: airflow.cfg is readable by the airflow user (every task),
+    # and the admin's password must not be.
+    flower_password: pulumi.Output[str]
 
     @staticmethod
     def generate(parent: pulumi.Resource) -> Secrets:
@@ -356,6 +359,7 @@ class Secrets:
             api_secret_key=generated_password("airflow-api-secret-key", 48, parent),
             jwt_secret=generated_password("airflow-jwt-secret", 64, parent),
             admin_password=generated_password("airflow-admin-password", 24, parent),
+            flower_password=generated_password("airflow-flower-password", 24, parent),
         )
 
 
@@ -392,7 +396,7 @@ def cfg_context(args: AirflowArgs, spec: NodeSpec, secrets: Secrets) -> dict:
         "database_url": database_url,
         "result_backend": pulumi.Output.from_input(database_url).apply(lambda url: f"db+{url}"),
         "broker_url": args.broker_urls[spec.name],
-        "flower_basic_auth": pulumi.Output.concat(args.admin_user, ":", secrets.admin_password),
+        "flower_basic_auth": pulumi.Output.concat(args.admin_user, ":", secrets.flower_password),
         "fernet_key": secrets.fernet_key,
         "api_secret_key": secrets.api_secret_key,
         "jwt_secret": secrets.jwt_secret,
@@ -452,6 +456,9 @@ class AirflowTier(pulumi.ComponentResource):
         self.admin_user = args.admin_user
         self.admin_password: pulumi.Output[str] = pulumi.Output.secret(
             self._secrets.admin_password
+        )
+        self.flower_password: pulumi.Output[str] = pulumi.Output.secret(
+            self._secrets.flower_password
         )
         self._unit_names = [
             *services(args.nodes[0].spec.name),
@@ -612,6 +619,7 @@ class AirflowTier(pulumi.ComponentResource):
                 "flowerTunnel": self.flower_tunnel,
                 "adminUser": self.admin_user,
                 "adminPassword": self.admin_password,
+                "flowerPassword": self.flower_password,
             }
         )
 

@@ -130,4 +130,6 @@ class AirflowHaCluster(pulumi.ComponentResource):
             },
             # Secret, so on its own: `pulumi stack output airflowAdminPassword --show-secrets`.
             "airflowAdminPassword": self.airflow.admin_password,
+            # Flower's basic auth (user adminUser): `pulumi stack output airflowFlowerPassword`.
+            "airflowFlowerPassword": self.airflow.flower_password,
         }

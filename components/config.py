@@ -46,6 +46,9 @@ class NodeSpec:
     host: str | None  # static
     user: str
     port: int
+    # The ssh-ed25519 host key from the stack config: a static node's, or an older cloud
+    # server's; None: the program generates the server's (components/nodes.py).
+    host_key: str | None = None
 
     @property
     def place(self) -> str:
@@ -225,6 +228,7 @@ def _node_spec(fields: dict[str, Any], mesh: ipaddress.IPv4Network) -> NodeSpec:
         host=fields.get("host"),
         user=fields.get("user", CLOUD_USERS.get(cloud)),
         port=fields.get("port", CLOUD_SSH_PORT),
+        host_key=fields.get("hostKey"),
     )
 
 

@@ -360,6 +360,26 @@ def ssh_public_key(
     return text
 
 
+def host_key(value: Any, key: str) -> str:
+    """A server's Ed25519 SSH host key, `ssh-ed25519 AAAA...` (the comment dropped)."""
+    fix = (
+        "copy the server's /etc/ssh/ssh_host_ed25519_key.pub, read on its console or over a "
+        "connection you already trust (not from ssh-keyscan over the network)"
+    )
+    text = as_str(value, key, "an ssh-ed25519 public key").strip()
+    parts = text.split()
+    try:
+        blob = base64.b64decode(parts[1], validate=True) if len(parts) >= 2 else b""
+    except (binascii.Error, ValueError):
+        blob = b""
+    expected = len(b"ssh-ed25519").to_bytes(4, "big") + b"ssh-ed25519" + (32).to_bytes(4, "big")
+    if parts[:1] != ["ssh-ed25519"] or len(blob) != len(expected) + 32 or not blob.startswith(
+        expected
+    ):
+        raise ConfigError(key, f"{describe(text)} is not an ssh-ed25519 public key", fix)
+    return " ".join(parts[:2])
+
+
 def ssh_public_keys(value: Any, key: str) -> tuple[str, ...]:
     fix = "list each key as the one line of its .pub file, e.g. [\"ssh-ed25519 AAAA... alice\"]"
     items = as_list(value, key, "OpenSSH public keys", fix)
@@ -601,6 +621,12 @@ TOP_KEYS: tuple[Key, ...] = (
         "csync2"),
 )
 
+_CLOUD_HOST_KEY = Key(
+    "hostKey", "text",
+    "the server's ssh-ed25519 host key, only for a server made before the program generated "
+    "host keys (a new server gets one from the program)", host_key, None, "generated",
+)
+
 _COMMON_NODE_KEYS: tuple[Key, ...] = (
     Key("name", "text", "a DNS label, unique; the host name and every tier's member name",
         node_name),
@@ -616,11 +642,13 @@ NODE_KEYS: dict[str, tuple[Key, ...]] = {
         Key("location", "text", f"Hetzner location: {', '.join(HCLOUD_LOCATIONS)}",
             hcloud_location),
         Key("size", "text", "Hetzner server type", size, "cx22"),
+        _CLOUD_HOST_KEY,
     ),
     "aws": (
         *_COMMON_NODE_KEYS,
         Key("region", "text", "AWS region code, e.g. eu-central-1", aws_region),
         Key("size", "text", "EC2 instance type", size, "t3.medium"),
+        _CLOUD_HOST_KEY,
     ),
     "static": (
         *_COMMON_NODE_KEYS,
@@ -628,6 +656,9 @@ NODE_KEYS: dict[str, tuple[Key, ...]] = {
         Key("user", "text", "SSH login (root, or a user with passwordless sudo)",
             login_user, "root"),
         Key("port", "number", "SSH port (1-65535)", port, 22),
+        Key("hostKey", "text",
+            "the server's ssh-ed25519 host key (its /etc/ssh/ssh_host_ed25519_key.pub): every "
+            "connection checks it", host_key),
     ),
 }
 

@@ -10,7 +10,7 @@ import pytest
 from components import airflow
 from tests.unit.stepharness import Answer, Node, Ran, rendered_step
 from tests.unit.test_airflow import SERVICES
-from tools.engine import Step
+from tools.engine import Engine, Step
 
 HEALTHY = '{"metadatabase": {"status": "healthy"}, "scheduler": {"status": "healthy"}}'
 
@@ -208,11 +208,24 @@ def test_migration_is_retried_after_a_failover_then_the_admin_is_made(
     migrate = rendered_step("airflow-db-migrate")  # run once, from the first node
     stubs = {"airflow": [Answer("db migrate", status=1, times=1), Answer("db migrate"),
                          Answer("users create *", stdout="User admin created")]}
-    ran = Node(tmp_path).run(migrate.script, stubs)
+    ran = Node(tmp_path).run(migrate.script, stubs, stdin_of=["airflow"])
     assert ran.returncode == 0, ran.stderr
     calls = ran.of("airflow", "sleep")
     assert calls[:3] == ["airflow db migrate", "sleep 5", "airflow db migrate"]
-    assert calls[3].startswith("airflow users create --username admin --password ")
-    assert calls[3].endswith(" --role Admin --firstname Airflow --lastname Admin "
-                             "--email admin@airflow-ha.invalid")
+    # The password is no argument (ps shows argv to every user): the command's two prompts
+    # read it from stdin.
+    assert calls[3] == ("airflow users create --username admin --role Admin --firstname Airflow "
+                        "--lastname Admin --email admin@airflow-ha.invalid")
+    password = Engine().secret_value("airflow-admin-password", "password", {"length": 24})
+    (create,) = [c for c in ran.calls if c.name == "airflow" and c.args[:2] == ("users", "create")]
+    assert create.stdin == f"{password}\n{password}"
+    assert all(password not in " ".join(c.args) for c in ran.calls)
     assert "created admin user admin" in ran.stdout
+
+
+def test_an_existing_admin_is_left_alone(tmp_path: Path) -> None:
+    migrate = rendered_step("airflow-db-migrate")
+    exists = "admin already exist in the db"  # FAB's words
+    ran = Node(tmp_path).run(migrate.script, {"airflow": Answer("users create *", stdout=exists)})
+    assert ran.returncode == 0, ran.stderr
+    assert "admin user admin exists" in ran.stdout

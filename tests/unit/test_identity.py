@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import stack_values
-from tools.engine import Engine, fake_public_key, run_program
+from tools.engine import Engine, fake_host_keys, fake_public_key, run_program, with_host_keys
 
 
 def _render(values: dict[str, Any], stack: str) -> dict[str, Any]:
@@ -44,7 +44,7 @@ def _five_static(skip: tuple[int, ...] = ()) -> dict[str, Any]:
         for i, c in enumerate("abcde")
         if i not in skip
     ]
-    return values
+    return with_host_keys(values, fake_host_keys(values))
 
 
 def _steps_by_name(made: dict[str, Any]) -> dict[str, str]:

@@ -91,9 +91,11 @@ def test_the_engine_records_parents_and_dependencies(values, deploy) -> None:
     engine, _ = deploy(values("dev"))
     key = ("command:remote:Command", "fsn-base")
     assert engine.parents[key] == "airflow-ha:nodes:Node::fsn"
-    # depends_on (the server) and the resources its inputs come from (the address).
+    # depends_on (the server) and the resources its inputs come from (the address, and the
+    # host key the connection pins).
     assert engine.dependencies[key] == {
         "hcloud:index/server:Server::fsn",
         "hcloud:index/primaryIp:PrimaryIp::fsn-ipv4",
+        "random:index/randomBytes:RandomBytes::fsn-host-key",
     }
     assert engine.waits_for("fsn-wireguard-keys") == {"fsn-base"}

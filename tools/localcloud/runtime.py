@@ -19,6 +19,7 @@ from .machines import (
     BASE_DIR,
     BRIDGE,
     GATEWAY,
+    MACHINES_DIR,
     PREFIX_LENGTH,
     SSH_KEY_PATH,
     STATE_DIR,
@@ -28,7 +29,6 @@ from .machines import (
 from .net import delete_link
 from .util import LocalCloudError, log, run, wait_until, warn
 
-MACHINES_DIR = STATE_DIR / "machines"
 CGROUP_NAME = "airflow-ha-localcloud"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 # systemd-nspawn keeps a lock file per image and a mount-propagation directory per machine here;
