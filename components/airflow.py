@@ -43,7 +43,10 @@ from .remote import TEMPLATES_DIR, RemoteFile, render, render_output, run_step
 from .tier import TierArgs, generated_password
 
 PYTHON_TAG = "py313"  # Debian 13's python3
+# The units run from VENV, a symlink to one of VENVS_DIR/<version>-<lock digest>: a new
+# version or lock is built beside the running venv and switched in the chained start step.
 VENV = f"{AIRFLOW_HOME}/venv"
+VENVS_DIR = f"{AIRFLOW_HOME}/venvs"
 LOGS_DIR = f"{AIRFLOW_HOME}/logs"
 PLUGINS_DIR = f"{AIRFLOW_HOME}/plugins"
 CONFIG_DIR = "/etc/airflow"
@@ -450,6 +453,7 @@ class AirflowTier(pulumi.ComponentResource):
         self._args = args
         self._lock_text = lock.read_text()
         self._lock_path = f"{AIRFLOW_HOME}/requirements-{args.version}-{PYTHON_TAG}.txt"
+        self._target = f"{VENVS_DIR}/{args.version}-{_digest(self._lock_text)[:16]}"
         self._secrets = Secrets.generate(self)
         self.fernet_key: pulumi.Output[str] = self._secrets.fernet_key
         self.jwt_secret: pulumi.Output[str] = pulumi.Output.secret(self._secrets.jwt_secret)
@@ -490,6 +494,7 @@ class AirflowTier(pulumi.ComponentResource):
             "node": node.spec.name,
             "version": self._args.version,
             "venv": VENV,
+            "target": self._target,
             "lock": self._lock_path,
             "dirs": [DAGS_DIR, LOGS_DIR, PLUGINS_DIR],
             "marker": RESTART_MARKER,
@@ -533,6 +538,7 @@ class AirflowTier(pulumi.ComponentResource):
             ],
             "rules": LOG_FIREWALL,
             "public_ui": self._args.public_ui,
+            "target": self._target,
             "config_dir": CONFIG_DIR,
             "user": AIRFLOW_USER,
         }
@@ -552,6 +558,7 @@ class AirflowTier(pulumi.ComponentResource):
         context = {
             "version": self._args.version,
             "lock_digest": _digest(self._lock_text),
+            "target": self._target,
             "admin_user": self._args.admin_user,
             "admin_password": self._secrets.admin_password,
             "admin_role": ADMIN_ROLE,
@@ -583,6 +590,9 @@ class AirflowTier(pulumi.ComponentResource):
                 "units": self._unit_names,
                 "worker_unit": "airflow-worker",
                 "marker": RESTART_MARKER,
+                "venv": VENV,
+                "target": self._target,
+                "venvs_dir": VENVS_DIR,
                 "mesh_address": node.spec.mesh_address,
                 "api_port": API_PORT,
                 "flower_port": FLOWER_PORT,

@@ -47,6 +47,7 @@ def database_args(cfg: ClusterConfig, on: TierArgs) -> DatabaseArgs:
         postgres_version=cfg.postgres_version,
         patroni=cfg.patroni,
         mesh_cidr=cfg.mesh_cidr,
+        postgres_parameters=cfg.postgres_parameters,
     )
 
 

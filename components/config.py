@@ -83,6 +83,7 @@ class ClusterConfig:
     airflow_version: str
     postgres_version: int
     patroni: PatroniSettings
+    postgres_parameters: dict[str, str | int]
     dag_sync: str
     public_ui: bool
     rabbitmq_consumer_timeout_ms: int
@@ -361,6 +362,7 @@ def parse_config(
         airflow_version=get("airflowVersion"),
         postgres_version=get("postgresVersion"),
         patroni=_parse_patroni(get("patroni")),
+        postgres_parameters=get("postgresParameters"),
         dag_sync=get("dagSync"),
         public_ui=get("publicUi"),
         rabbitmq_consumer_timeout_ms=get("rabbitmqConsumerTimeoutMs"),

@@ -512,6 +512,45 @@ def concurrency(value: Any, key: str) -> int:
     return as_int(value, key, 1, 256)
 
 
+# A PostgreSQL setting's name (a custom one has a dot: auto_explain.log_min_duration) and a
+# value of a safe form: a number, a word, a size or a duration ("256MB", "5min", "on").
+PG_PARAMETER_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}(\.[a-z_][a-z0-9_]{0,62})?$")
+PG_VALUE_RE = re.compile(r"^-?[A-Za-z0-9_.]{1,64}$")
+# What Patroni sets itself (its own settings win) or what the cluster's wiring depends on.
+PG_OWNED = frozenset({
+    "listen_addresses", "port", "cluster_name", "data_directory", "hba_file", "ident_file",
+    "config_file", "hot_standby", "wal_level", "primary_conninfo", "primary_slot_name",
+    "recovery_target_timeline", "synchronous_standby_names", "unix_socket_directories",
+})
+
+
+def postgres_parameters(value: Any, key: str) -> dict[str, str | int]:
+    """postgresParameters: PostgreSQL setting -> value, applied through Patroni's dynamic
+    config (a setting that needs a restart rolls node by node)."""
+    raw = as_mapping(value, key, "write postgresParameters: {shared_buffers: 512MB}")
+    parsed: dict[str, str | int] = {}
+    for name, setting in raw.items():
+        path = f"{key}.{name}"
+        if not isinstance(name, str) or not PG_PARAMETER_RE.fullmatch(name):
+            raise ConfigError(path, f"{name!r} is not a PostgreSQL setting's name",
+                              "use the setting's name as postgresql.conf spells it, in "
+                              "lower case (work_mem, shared_buffers)")
+        if name in PG_OWNED:
+            raise ConfigError(path, "is set by Patroni or the program itself",
+                              "remove it from postgresParameters")
+        if isinstance(setting, bool):
+            parsed[name] = "on" if setting else "off"
+        elif isinstance(setting, int) or (isinstance(setting, str) and setting.isdigit()):
+            parsed[name] = int(setting)
+        elif isinstance(setting, str | float) and PG_VALUE_RE.fullmatch(str(setting)):
+            parsed[name] = str(setting)
+        else:
+            raise ConfigError(path, f"{describe(setting)} is not a plain PostgreSQL value",
+                              "write a number, a word or a size or time with its unit "
+                              "(64MB, 5min, on)")
+    return parsed
+
+
 # --- the declarations ------------------------------------------------------------------------
 
 REQUIRED = object()  # marks a key without a default
@@ -604,6 +643,10 @@ TOP_KEYS: tuple[Key, ...] = (
         postgres_version, 17),
     Key("patroni", "mapping", "Patroni timings and modes: the patroni fields below",
         lambda value, key: value, {}, "see below"),  # parsed by config._parse_patroni
+    Key("postgresParameters", "mapping",
+        "PostgreSQL settings (name: value) over the program's, in Patroni's dynamic config; "
+        "one that needs a restart restarts the replicas one by one, then the primary after a "
+        "switchover", postgres_parameters, {}, "`{}`"),
     Key("publicUi", "true/false", "open 443/tcp to the Airflow UI (https) on every node",
         boolean, False),
     Key("rabbitmqConsumerTimeoutMs", "number",

@@ -530,3 +530,33 @@ def test_servers_are_protected_unless_the_stack_says_otherwise() -> None:
     assert parse_config(_dev(protectServers="false")).protect_servers is False
     assert parse_config(stack_values("prod"), stack="prod").protect_servers is True
     assert parse_config(stack_values("staging"), stack="staging").protect_servers is True
+
+
+@pytest.mark.parametrize(
+    ("parameters", "message"),
+    [
+        ({"Shared Buffers": "1GB"}, "postgresParameters.Shared Buffers: 'Shared Buffers' is not a "
+         "PostgreSQL setting's name"),
+        ({"work_mem": "64MB; DROP"}, "postgresParameters.work_mem: the text '64MB; DROP' is not "
+         "a plain PostgreSQL value. Fix: write a number"),
+        ({"port": 5433}, "postgresParameters.port: is set by Patroni or the program itself. "
+         "Fix: remove it"),
+        ("shared_buffers=1GB", "postgresParameters: expected a mapping"),
+    ],
+)
+def test_postgres_parameters_refuse_names_and_values_that_are_not_plain(
+    parameters: Any, message: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(_dev(postgresParameters=parameters), stack="dev")
+    assert message in str(err.value)
+
+
+def test_postgres_parameters_are_parsed_to_plain_values() -> None:
+    cfg = parse_config(
+        _dev(postgresParameters={"shared_buffers": "512MB", "max_connections": "400",
+                                 "jit": False, "auto_explain.log_min_duration": "250ms"}),
+        stack="dev",
+    )
+    assert cfg.postgres_parameters == {"shared_buffers": "512MB", "max_connections": 400,
+                                       "jit": "off", "auto_explain.log_min_duration": "250ms"}

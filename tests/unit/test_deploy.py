@@ -260,6 +260,7 @@ def test_target_runs_exactly_the_targets_and_with_dependents_what_follows(values
     assert {name for name, _ in several.ran} == {
         "node-b-rabbitmq-install",
         "node-b-rabbitmq-cluster",
+        "node-b-rabbitmq-restart",
         "node-b-rabbitmq-check",
         "node-c-dag-sync",
         "node-a-base",

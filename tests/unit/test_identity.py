@@ -64,7 +64,7 @@ REMOVED_MARK = re.compile(
 # file (a digest), not from one node.
 DERIVED = re.compile(
     r"member_count|-member cluster|-eq \d+|classic_config\.nodes\.\d+ = rabbit@"
-    r"|^# What the units run with|^\s*$"
+    r"|^# What the units run with|^# Digest of |^\s*$"
 )
 
 

@@ -218,6 +218,7 @@ def test_render_of_a_shell_template_quotes_the_admin_user() -> None:
         {
             "version": "3.3.2",
             "lock_digest": "0",
+            "target": "/opt/airflow/venvs/3.3.2-0",
             "admin_user": "x'; touch /tmp/pwned; echo '",
             "admin_password": "p",
             "admin_role": "Admin",
