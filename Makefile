@@ -2,7 +2,7 @@
 STACK ?= dev
 PY := .venv/bin/python
 
-.PHONY: help setup lock test render golden config-doc local-up local-down test-cluster test-drills
+.PHONY: help setup lock test render golden config-doc local-up local-down test-cluster test-cluster-full test-drills
 
 help:
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
@@ -30,7 +30,10 @@ local-up: ## three local Debian 13 machines, then deploy the local stack onto th
 	python3 -m tools.localcloud up
 	$(PY) -m tools.deploy --stack local
 
-test-cluster: local-up ## the real-daemon tests on the local machines (root)
+test-cluster: local-up ## the real-daemon tests on the local machines (root), CI's set
+	.venv/bin/pytest -m "cluster and not full" tests/cluster --ignore=tests/cluster/test_drills.py
+
+test-cluster-full: local-up ## every real-daemon test, the long ones the quick drills cover too
 	.venv/bin/pytest -m cluster tests/cluster --ignore=tests/cluster/test_drills.py
 
 test-drills: local-up ## the resilience suite's quick form as tests (long: machines are stopped)

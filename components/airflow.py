@@ -43,7 +43,10 @@ from .remote import TEMPLATES_DIR, RemoteFile, render, render_output, run_step
 from .tier import TierArgs, generated_password
 
 PYTHON_TAG = "py313"  # Debian 13's python3
+# The units run from VENV, a symlink to one of VENVS_DIR/<version>-<lock digest>: a new
+# version or lock is built beside the running venv and switched in the chained start step.
 VENV = f"{AIRFLOW_HOME}/venv"
+VENVS_DIR = f"{AIRFLOW_HOME}/venvs"
 LOGS_DIR = f"{AIRFLOW_HOME}/logs"
 PLUGINS_DIR = f"{AIRFLOW_HOME}/plugins"
 CONFIG_DIR = "/etc/airflow"
@@ -345,6 +348,9 @@ class Secrets:
     api_secret_key: pulumi.Output[str]
     jwt_secret: pulumi.Output[str]
     admin_password: pulumi.Output[str]
+    # Flower's basic auth, its own: airflow.cfg is readable by the airflow user (every task),
+    # and the admin's password must not be.
+    flower_password: pulumi.Output[str]
 
     @staticmethod
     def generate(parent: pulumi.Resource) -> Secrets:
@@ -356,6 +362,7 @@ class Secrets:
             api_secret_key=generated_password("airflow-api-secret-key", 48, parent),
             jwt_secret=generated_password("airflow-jwt-secret", 64, parent),
             admin_password=generated_password("airflow-admin-password", 24, parent),
+            flower_password=generated_password("airflow-flower-password", 24, parent),
         )
 
 
@@ -392,7 +399,7 @@ def cfg_context(args: AirflowArgs, spec: NodeSpec, secrets: Secrets) -> dict:
         "database_url": database_url,
         "result_backend": pulumi.Output.from_input(database_url).apply(lambda url: f"db+{url}"),
         "broker_url": args.broker_urls[spec.name],
-        "flower_basic_auth": pulumi.Output.concat(args.admin_user, ":", secrets.admin_password),
+        "flower_basic_auth": pulumi.Output.concat(args.admin_user, ":", secrets.flower_password),
         "fernet_key": secrets.fernet_key,
         "api_secret_key": secrets.api_secret_key,
         "jwt_secret": secrets.jwt_secret,
@@ -446,12 +453,16 @@ class AirflowTier(pulumi.ComponentResource):
         self._args = args
         self._lock_text = lock.read_text()
         self._lock_path = f"{AIRFLOW_HOME}/requirements-{args.version}-{PYTHON_TAG}.txt"
+        self._target = f"{VENVS_DIR}/{args.version}-{_digest(self._lock_text)[:16]}"
         self._secrets = Secrets.generate(self)
         self.fernet_key: pulumi.Output[str] = self._secrets.fernet_key
         self.jwt_secret: pulumi.Output[str] = pulumi.Output.secret(self._secrets.jwt_secret)
         self.admin_user = args.admin_user
         self.admin_password: pulumi.Output[str] = pulumi.Output.secret(
             self._secrets.admin_password
+        )
+        self.flower_password: pulumi.Output[str] = pulumi.Output.secret(
+            self._secrets.flower_password
         )
         self._unit_names = [
             *services(args.nodes[0].spec.name),
@@ -483,6 +494,7 @@ class AirflowTier(pulumi.ComponentResource):
             "node": node.spec.name,
             "version": self._args.version,
             "venv": VENV,
+            "target": self._target,
             "lock": self._lock_path,
             "dirs": [DAGS_DIR, LOGS_DIR, PLUGINS_DIR],
             "marker": RESTART_MARKER,
@@ -526,6 +538,7 @@ class AirflowTier(pulumi.ComponentResource):
             ],
             "rules": LOG_FIREWALL,
             "public_ui": self._args.public_ui,
+            "target": self._target,
             "config_dir": CONFIG_DIR,
             "user": AIRFLOW_USER,
         }
@@ -545,6 +558,7 @@ class AirflowTier(pulumi.ComponentResource):
         context = {
             "version": self._args.version,
             "lock_digest": _digest(self._lock_text),
+            "target": self._target,
             "admin_user": self._args.admin_user,
             "admin_password": self._secrets.admin_password,
             "admin_role": ADMIN_ROLE,
@@ -576,6 +590,9 @@ class AirflowTier(pulumi.ComponentResource):
                 "units": self._unit_names,
                 "worker_unit": "airflow-worker",
                 "marker": RESTART_MARKER,
+                "venv": VENV,
+                "target": self._target,
+                "venvs_dir": VENVS_DIR,
                 "mesh_address": node.spec.mesh_address,
                 "api_port": API_PORT,
                 "flower_port": FLOWER_PORT,
@@ -612,6 +629,7 @@ class AirflowTier(pulumi.ComponentResource):
                 "flowerTunnel": self.flower_tunnel,
                 "adminUser": self.admin_user,
                 "adminPassword": self.admin_password,
+                "flowerPassword": self.flower_password,
             }
         )
 

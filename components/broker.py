@@ -4,16 +4,19 @@ Each node runs `rabbit@<node>` (node names resolve to mesh addresses). AMQP (567
 distribution (25672), epmd (4369) and the management UI (15672) listen on the mesh address only
 (epmd and the CLI tools also on loopback). All nodes share one Erlang cookie (a Pulumi secret).
 
-Order: every node installs RabbitMQ with its configuration already in place (in parallel) ->
-every node, at about the same time, takes the shared cookie and (first configuration only)
-starts blank so that `classic_config` peer discovery forms one cluster -> once, on the node with
-the lowest meshIndex, the Airflow vhost (default queue type quorum) and user; `guest` goes ->
-every node checks it is ready. Later tiers use `broker_url` (a secret Celery failover list) and
-`ready`.
+Order: every node installs RabbitMQ with its configuration already in place (in parallel; a
+changed configuration marks a restart, it restarts nothing) -> every node, at about the same
+time, takes the shared cookie and (first configuration only) starts blank so that
+`classic_config` peer discovery forms one cluster -> once, on the node with the lowest
+meshIndex, the Airflow vhost (default queue type quorum) and user; `guest` goes -> node after
+node, `rabbitmq-restart` restarts a marked broker once no quorum queue needs it and waits until
+it is back -> every node checks it is ready. Later tiers use `broker_url` (a secret Celery
+failover list) and `ready`.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -22,7 +25,7 @@ import pulumi
 from .config import NodeSpec
 from .nodes import Node
 from .remote import RemoteFile, render, render_output, run_step
-from .tier import TierArgs, generated_password
+from .tier import TierArgs, generated_password, node_by_node
 
 AMQP_PORT = 5672
 DIST_PORT = 25672
@@ -39,10 +42,14 @@ USER_TAGS = "monitoring"  # may log in to the management UI (through the SSH tun
 PLUGINS = ("rabbitmq_management", "rabbitmq_prometheus")
 
 CONF = "/etc/rabbitmq/rabbitmq.conf"
+# The peer list, read only by a blank node: its change restarts nothing.
+FORMATION_CONF = "/etc/rabbitmq/conf.d/10-airflow-ha-cluster-formation.conf"
 ENV_CONF = "/etc/rabbitmq/rabbitmq-env.conf"
 PLUGINS_FILE = "/etc/rabbitmq/enabled_plugins"
 EPMD_DROPIN = "/etc/systemd/system/epmd.socket.d/airflow-ha.conf"
 UNIT_DROPIN = "/etc/systemd/system/rabbitmq-server.service.d/airflow-ha.conf"
+# A change of these marks the broker for one restart (the rabbitmq-restart step).
+RESTART_PATHS = [CONF, ENV_CONF, PLUGINS_FILE, UNIT_DROPIN]
 # Written once the node has joined the cluster; its absence means "first configuration". It
 # lives in the data directory, so a node whose data is wiped is treated as new again.
 MARKER = "/var/lib/rabbitmq/mnesia/airflow-ha-cluster-member"
@@ -53,6 +60,8 @@ DISCOVERY_RETRY_LIMIT = 60
 DISCOVERY_RETRY_INTERVAL_MS = 2000
 FORM_SECONDS = 300
 WAIT_SECONDS = 180
+# A restart: the quorum queues' members elsewhere caught up (before), this one back (after).
+RESTART_WAIT_SECONDS = 300
 RESTART_SEC = 5
 
 
@@ -119,6 +128,7 @@ def config_files(args: BrokerArgs, spec: NodeSpec) -> list[RemoteFile]:
     context = node_context(args, spec)
     return [
         RemoteFile(CONF, render("broker/rabbitmq.conf.j2", context)),
+        RemoteFile(FORMATION_CONF, render("broker/cluster-formation.conf.j2", context)),
         RemoteFile(ENV_CONF, render("broker/rabbitmq-env.conf.j2", context)),
         RemoteFile(PLUGINS_FILE, render("broker/enabled_plugins.j2", context)),
         RemoteFile(EPMD_DROPIN, render("broker/epmd.socket.conf.j2", context)),
@@ -156,8 +166,11 @@ class BrokerTier(pulumi.ComponentResource):
         # lowest meshIndex (a rule that reordering the stack's node list does not change).
         first = min(args.nodes, key=lambda n: n.spec.mesh_index)
         users = self._users(first, password, clustered)
+        restarts = node_by_node(
+            args.nodes, lambda node, prev: self._restart(node, [users, *prev])
+        )
         self.ready: dict[str, pulumi.Resource] = {
-            node.spec.name: self._check(node, users) for node in args.nodes
+            node.spec.name: self._check(node, restarts[node.spec.name]) for node in args.nodes
         }
 
         self.vhost = VHOST
@@ -185,7 +198,8 @@ class BrokerTier(pulumi.ComponentResource):
             "marker": MARKER,
             "epmd_dropin": EPMD_DROPIN,
             "unit_dropin": UNIT_DROPIN,
-            "config_paths": [CONF, ENV_CONF, PLUGINS_FILE, UNIT_DROPIN],
+            "config_paths": RESTART_PATHS,
+            "formation": FORMATION_CONF,
             "wait_seconds": WAIT_SECONDS,
         }
         return run_step(
@@ -229,7 +243,27 @@ class BrokerTier(pulumi.ComponentResource):
             depends_on=clustered,
         )
 
-    def _check(self, node: Node, users: pulumi.Resource) -> pulumi.Resource:
+    def _restart(self, node: Node, depends_on: list[pulumi.Resource]) -> pulumi.Resource:
+        """Restarts the broker rabbitmq-install marked, once no quorum queue needs it; re-runs
+        when what it runs with changed."""
+        runs_with = [f.content for f in config_files(self._args, node.spec)
+                     if f.path in RESTART_PATHS]
+        context = {
+            "node": node.spec.name,
+            "digest": hashlib.sha256("\0".join(runs_with).encode()).hexdigest(),
+            "expected_running": self._running,
+            "wait_seconds": RESTART_WAIT_SECONDS,
+        }
+        return run_step(
+            "rabbitmq-restart",
+            node.access,
+            render("broker/restart.sh.j2", context),
+            parent=self,
+            depends_on=depends_on,
+            timeout_minutes=15,
+        )
+
+    def _check(self, node: Node, restarted: pulumi.Resource) -> pulumi.Resource:
         context = {
             "node": node.spec.name,
             "expected_running": self._running,
@@ -242,7 +276,7 @@ class BrokerTier(pulumi.ComponentResource):
             node.access,
             render("broker/check.sh.j2", context),
             parent=self,
-            depends_on=[users],
+            depends_on=[restarted],
         )
 
 

@@ -50,6 +50,7 @@ def database_args(cfg: ClusterConfig, on: TierArgs) -> DatabaseArgs:
         postgres_version=cfg.postgres_version,
         patroni=cfg.patroni,
         mesh_cidr=cfg.mesh_cidr,
+        postgres_parameters=cfg.postgres_parameters,
     )
 
 
@@ -169,4 +170,6 @@ class AirflowHaCluster(pulumi.ComponentResource):
             },
             # Secret, so on its own: `pulumi stack output airflowAdminPassword --show-secrets`.
             "airflowAdminPassword": self.airflow.admin_password,
+            # Flower's basic auth (user adminUser): `pulumi stack output airflowFlowerPassword`.
+            "airflowFlowerPassword": self.airflow.flower_password,
         }

@@ -55,6 +55,9 @@ class NodeSpec:
     host: str | None  # static
     user: str
     port: int
+    # The ssh-ed25519 host key from the stack config: a static node's, or an older cloud
+    # server's; None: the program generates the server's (components/nodes.py).
+    host_key: str | None = None
 
     @property
     def place(self) -> str:
@@ -89,6 +92,7 @@ class ClusterConfig:
     airflow_version: str
     postgres_version: int
     patroni: PatroniSettings
+    postgres_parameters: dict[str, str | int]
     dag_sync: str
     public_ui: bool
     rabbitmq_consumer_timeout_ms: int
@@ -238,6 +242,7 @@ def _node_spec(fields: dict[str, Any], mesh: ipaddress.IPv4Network) -> NodeSpec:
         host=fields.get("host"),
         user=fields.get("user", CLOUD_USERS.get(cloud)),
         port=fields.get("port", CLOUD_SSH_PORT),
+        host_key=fields.get("hostKey"),
     )
 
 
@@ -393,6 +398,7 @@ def parse_config(
         airflow_version=get("airflowVersion"),
         postgres_version=get("postgresVersion"),
         patroni=_parse_patroni(get("patroni")),
+        postgres_parameters=get("postgresParameters"),
         dag_sync=get("dagSync"),
         public_ui=get("publicUi"),
         rabbitmq_consumer_timeout_ms=get("rabbitmqConsumerTimeoutMs"),

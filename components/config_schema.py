@@ -361,6 +361,26 @@ def ssh_public_key(
     return text
 
 
+def host_key(value: Any, key: str) -> str:
+    """A server's Ed25519 SSH host key, `ssh-ed25519 AAAA...` (the comment dropped)."""
+    fix = (
+        "copy the server's /etc/ssh/ssh_host_ed25519_key.pub, read on its console or over a "
+        "connection you already trust (not from ssh-keyscan over the network)"
+    )
+    text = as_str(value, key, "an ssh-ed25519 public key").strip()
+    parts = text.split()
+    try:
+        blob = base64.b64decode(parts[1], validate=True) if len(parts) >= 2 else b""
+    except (binascii.Error, ValueError):
+        blob = b""
+    expected = len(b"ssh-ed25519").to_bytes(4, "big") + b"ssh-ed25519" + (32).to_bytes(4, "big")
+    if parts[:1] != ["ssh-ed25519"] or len(blob) != len(expected) + 32 or not blob.startswith(
+        expected
+    ):
+        raise ConfigError(key, f"{describe(text)} is not an ssh-ed25519 public key", fix)
+    return " ".join(parts[:2])
+
+
 def ssh_public_keys(value: Any, key: str) -> tuple[str, ...]:
     fix = "list each key as the one line of its .pub file, e.g. [\"ssh-ed25519 AAAA... alice\"]"
     items = as_list(value, key, "OpenSSH public keys", fix)
@@ -612,6 +632,45 @@ runbook_url = matcher(
 )
 
 
+# A PostgreSQL setting's name (a custom one has a dot: auto_explain.log_min_duration) and a
+# value of a safe form: a number, a word, a size or a duration ("256MB", "5min", "on").
+PG_PARAMETER_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}(\.[a-z_][a-z0-9_]{0,62})?$")
+PG_VALUE_RE = re.compile(r"^-?[A-Za-z0-9_.]{1,64}$")
+# What Patroni sets itself (its own settings win) or what the cluster's wiring depends on.
+PG_OWNED = frozenset({
+    "listen_addresses", "port", "cluster_name", "data_directory", "hba_file", "ident_file",
+    "config_file", "hot_standby", "wal_level", "primary_conninfo", "primary_slot_name",
+    "recovery_target_timeline", "synchronous_standby_names", "unix_socket_directories",
+})
+
+
+def postgres_parameters(value: Any, key: str) -> dict[str, str | int]:
+    """postgresParameters: PostgreSQL setting -> value, applied through Patroni's dynamic
+    config (a setting that needs a restart rolls node by node)."""
+    raw = as_mapping(value, key, "write postgresParameters: {shared_buffers: 512MB}")
+    parsed: dict[str, str | int] = {}
+    for name, setting in raw.items():
+        path = f"{key}.{name}"
+        if not isinstance(name, str) or not PG_PARAMETER_RE.fullmatch(name):
+            raise ConfigError(path, f"{name!r} is not a PostgreSQL setting's name",
+                              "use the setting's name as postgresql.conf spells it, in "
+                              "lower case (work_mem, shared_buffers)")
+        if name in PG_OWNED:
+            raise ConfigError(path, "is set by Patroni or the program itself",
+                              "remove it from postgresParameters")
+        if isinstance(setting, bool):
+            parsed[name] = "on" if setting else "off"
+        elif isinstance(setting, int) or (isinstance(setting, str) and setting.isdigit()):
+            parsed[name] = int(setting)
+        elif isinstance(setting, str | float) and PG_VALUE_RE.fullmatch(str(setting)):
+            parsed[name] = str(setting)
+        else:
+            raise ConfigError(path, f"{describe(setting)} is not a plain PostgreSQL value",
+                              "write a number, a word or a size or time with its unit "
+                              "(64MB, 5min, on)")
+    return parsed
+
+
 # --- the declarations ------------------------------------------------------------------------
 
 REQUIRED = object()  # marks a key without a default
@@ -704,6 +763,10 @@ TOP_KEYS: tuple[Key, ...] = (
         postgres_version, 17),
     Key("patroni", "mapping", "Patroni timings and modes: the patroni fields below",
         lambda value, key: value, {}, "see below"),  # parsed by config._parse_patroni
+    Key("postgresParameters", "mapping",
+        "PostgreSQL settings (name: value) over the program's, in Patroni's dynamic config; "
+        "one that needs a restart restarts the replicas one by one, then the primary after a "
+        "switchover", postgres_parameters, {}, "`{}`"),
     Key("publicUi", "true/false", "open 443/tcp to the Airflow UI (https) on every node",
         boolean, False),
     Key("rabbitmqConsumerTimeoutMs", "number",
@@ -731,6 +794,12 @@ TOP_KEYS: tuple[Key, ...] = (
         "docs/operations.md", runbook_url, "docs/operations.md"),
 )
 
+_CLOUD_HOST_KEY = Key(
+    "hostKey", "text",
+    "the server's ssh-ed25519 host key, only for a server made before the program generated "
+    "host keys (a new server gets one from the program)", host_key, None, "generated",
+)
+
 _COMMON_NODE_KEYS: tuple[Key, ...] = (
     Key("name", "text", "a DNS label, unique; the host name and every tier's member name",
         node_name),
@@ -746,11 +815,13 @@ NODE_KEYS: dict[str, tuple[Key, ...]] = {
         Key("location", "text", f"Hetzner location: {', '.join(HCLOUD_LOCATIONS)}",
             hcloud_location),
         Key("size", "text", "Hetzner server type", size, "cx22"),
+        _CLOUD_HOST_KEY,
     ),
     "aws": (
         *_COMMON_NODE_KEYS,
         Key("region", "text", "AWS region code, e.g. eu-central-1", aws_region),
         Key("size", "text", "EC2 instance type", size, "t3.medium"),
+        _CLOUD_HOST_KEY,
     ),
     "static": (
         *_COMMON_NODE_KEYS,
@@ -758,6 +829,9 @@ NODE_KEYS: dict[str, tuple[Key, ...]] = {
         Key("user", "text", "SSH login (root, or a user with passwordless sudo)",
             login_user, "root"),
         Key("port", "number", "SSH port (1-65535)", port, 22),
+        Key("hostKey", "text",
+            "the server's ssh-ed25519 host key (its /etc/ssh/ssh_host_ed25519_key.pub): every "
+            "connection checks it", host_key),
     ),
 }
 

@@ -3,10 +3,18 @@
 Per node, in order: `database-packages` (one apt run) -> `etcd` (a member of a static
 cluster of all nodes, on the mesh) -> `patroni` (PostgreSQL run by Patroni, which keeps the
 leader lock in etcd) -> `airflow-db` (on whichever node is primary: the Airflow role and
-database, and the stack's Patroni timings in the cluster's dynamic config; on every node: wait
-until Airflow's login works through the local HAProxy). `haproxy` (127.0.0.1:5000 -> the
-primary, :5001 -> the replicas, following Patroni's REST API) runs beside etcd and Patroni;
-`airflow-db` needs it.
+database, and the stack's Patroni timings and PostgreSQL parameters in the cluster's dynamic
+config; on every node: wait until Airflow's login works through the local HAProxy). `haproxy`
+(127.0.0.1:5000 -> the primary, :5001 -> the replicas, following Patroni's REST API) runs
+beside etcd and Patroni; `airflow-db` needs it.
+
+Those steps write configuration and start what is not running; they restart nothing. What a
+change needs is done by restart steps chained node after node in meshIndex order (each returns
+only once its node is healthy again): `etcd-restart` (a member marked by the etcd step),
+`haproxy-reload` (a reload, never a restart), then `postgres-restart` (a replica Patroni
+reports "pending restart") and, last, `postgres-switchover` on the first node (the primary
+pending a restart: a switchover to a healthy synchronous standby, then its restart). `ready`
+is that last step, for every node.
 
 Every port listens on the node's mesh address or 127.0.0.1. The passwords (PostgreSQL
 superuser, replication, pg_rewind, Patroni's REST API, Airflow) are generated once with
@@ -15,9 +23,10 @@ pulumi_random and stay secrets in every file and URL derived from them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
@@ -26,7 +35,7 @@ from .config import NodeSpec, PatroniSettings
 from .layout import MONITORING_USER
 from .nodes import Node
 from .remote import RemoteFile, render, render_output, run_step
-from .tier import TierArgs, generated_password
+from .tier import TierArgs, generated_password, node_by_node
 
 ETCD_CLIENT_PORT = 2379
 ETCD_PEER_PORT = 2380
@@ -60,6 +69,19 @@ HAPROXY_MAXCONN = 2000
 DB_CONNECT_TIMEOUT_S = 10
 
 PATRONI_CONFIG = "/etc/patroni/config.yml"
+ETCD_ENV = "/etc/default/etcd"
+# Read only when a member's data dir is new: its change restarts nothing.
+ETCD_BOOTSTRAP_ENV = "/etc/default/etcd-bootstrap"
+HAPROXY_CFG = "/etc/haproxy/haproxy.cfg"
+HAPROXY_SOCKET = "/run/haproxy/admin.sock"
+# The servers' checked states, dumped before a reload and read by the new process, so that it
+# does not start with every server UP (a replica taking writes) until its first checks.
+HAPROXY_STATE = "/var/lib/haproxy/server-state"
+# Bounds of the restart steps' waits (a member healthy again, a replica streaming again).
+ETCD_RESTART_WAIT_S = 120
+HAPROXY_RELOAD_WAIT_S = 30
+POSTGRES_RESTART_WAIT_S = 600
+SWITCHOVER_WAIT_S = 120
 PATRONI_DROPIN = "/etc/systemd/system/patroni.service.d/airflow-ha.conf"
 ETCD_DROPIN = "/etc/systemd/system/etcd.service.d/airflow-ha.conf"
 # Keeps etcd's Raft leader off the primary's and sync standby's nodes (why: the script's
@@ -114,6 +136,13 @@ class DatabaseArgs(TierArgs):
     postgres_version: int
     patroni: PatroniSettings
     mesh_cidr: str
+    # The stack's postgresParameters, over POSTGRES_PARAMETERS.
+    postgres_parameters: Mapping[str, str | int] = field(default_factory=dict)
+
+    def parameters(self) -> dict[str, str | int]:
+        """Every PostgreSQL setting of the cluster's dynamic config: the program's, then the
+        stack's (which win)."""
+        return {**POSTGRES_PARAMETERS, **self.postgres_parameters}
 
 
 # The tier's generated passwords: what each is for -> its resource name.
@@ -137,6 +166,7 @@ def packages_for(postgres_version: int) -> list[str]:
         "python3-etcd",
         "python3-psycopg2",
         "haproxy",
+        "socat",  # HAProxy's stats socket: the server states kept across a reload
         "curl",
     ]
 
@@ -214,6 +244,8 @@ def haproxy_cfg(servers: list[dict[str, str]], spec: NodeSpec) -> str:
             "rest_port": PATRONI_PORT,
             "check": HAPROXY_CHECK,
             "maxconn": HAPROXY_MAXCONN,
+            "socket": HAPROXY_SOCKET,
+            "state_file": HAPROXY_STATE,
         },
     )
 
@@ -239,6 +271,8 @@ def etcd_context(scope: str, spec: NodeSpec, members: list[dict[str, str]]) -> d
         "peer_url": f"http://{spec.mesh_address}:{ETCD_PEER_PORT}",
         "joined": f"{ETCD_DATA_DIR}.joined",
         "dropin": ETCD_DROPIN,
+        "bootstrap_env": ETCD_BOOTSTRAP_ENV,
+        "wait_seconds": ETCD_RESTART_WAIT_S,
         "member_count": len(members),
     }
 
@@ -254,7 +288,7 @@ def patroni_context(
         "scope": args.scope,
         "etcd_hosts": [f"{n.spec.mesh_address}:{ETCD_CLIENT_PORT}" for n in args.nodes],
         "dynamic": _yaml(dynamic_settings(args.patroni)),
-        "parameters": _yaml(POSTGRES_PARAMETERS),
+        "parameters": _yaml(args.parameters()),
         "pg_hba": pg_hba(args.mesh_cidr),
         "data_dir": f"/var/lib/postgresql/{pg}/airflow-ha",
         "bin_dir": f"/usr/lib/postgresql/{pg}/bin",
@@ -290,19 +324,45 @@ class DatabaseTier(pulumi.ComponentResource):
                 f"@127.0.0.1:{HAPROXY_PRIMARY_PORT}/{AIRFLOW_DB}?connect_timeout={DB_CONNECT_TIMEOUT_S}",
             )
         )
-        self.ready: dict[str, pulumi.Resource] = {
-            node.spec.name: self._node(node) for node in args.nodes
-        }
+        self.ready: dict[str, pulumi.Resource] = self._steps(args.nodes)
         self.stats_tunnels = {node.spec.name: _stats_tunnel(node) for node in args.nodes}
         self.register_outputs(
             {"airflowDbUrl": self.airflow_db_url, "haproxyStats": self.stats_tunnels}
         )
 
-    def _node(self, node: Node) -> pulumi.Resource:
-        """The node's steps, in order; the last one (`airflow-db`) is its `ready`."""
+    def _steps(self, nodes: Sequence[Node]) -> dict[str, pulumi.Resource]:
+        """Every node's config steps (in parallel), then the restart chains node by node:
+        etcd, HAProxy, the PostgreSQL replicas, then the primary. Every node is ready when
+        the last of them is done."""
+        packages = {n.spec.name: self._packages(n) for n in nodes}
+        etcd = {n.spec.name: self._etcd(n, [packages[n.spec.name]]) for n in nodes}
+        etcd_restarts = node_by_node(
+            nodes, lambda n, prev: self._etcd_restart(n, [etcd[n.spec.name], *prev])
+        )
+        haproxy = {n.spec.name: self._haproxy(n, [packages[n.spec.name]]) for n in nodes}
+        reloads = node_by_node(
+            nodes, lambda n, prev: self._haproxy_reload(n, [haproxy[n.spec.name], *prev])
+        )
+        databases = [
+            self._airflow_db(
+                n,
+                depends_on=[self._patroni(n, [etcd[n.spec.name]]), reloads[n.spec.name]],
+            )
+            for n in nodes
+        ]
+        # After every etcd member is back and the parameters are in the dynamic config.
+        after = [*databases, *etcd_restarts.values()]
+        restarts = node_by_node(
+            nodes, lambda n, prev: self._postgres_restart(n, [*after, *prev])
+        )
+        first = min(nodes, key=lambda n: n.spec.mesh_index)
+        last = self._postgres_switchover(first, list(restarts.values()))
+        return {n.spec.name: last for n in nodes}
+
+    def _packages(self, node: Node) -> pulumi.Resource:
         # Packages first, in one apt run, before any step writes a file that is also a
         # package's conffile (/etc/default/etcd, haproxy.cfg): dpkg would stop to ask.
-        packages = run_step(
+        return run_step(
             "database-packages",
             node.access,
             render(
@@ -312,10 +372,14 @@ class DatabaseTier(pulumi.ComponentResource):
             parent=self,
             depends_on=[self._args.after[node.spec.name]],
         )
-        etcd = self._etcd(node, depends_on=[packages])
-        patroni = self._patroni(node, depends_on=[etcd])
-        haproxy = self._haproxy(node, depends_on=[packages])
-        return self._airflow_db(node, depends_on=[patroni, haproxy])
+
+    def _etcd_files(self, node: Node) -> list[RemoteFile]:
+        context = etcd_context(self.scope, node.spec, _members(self._args.nodes))
+        return [
+            RemoteFile(ETCD_ENV, render("database/etcd.env.j2", context)),
+            RemoteFile(ETCD_BOOTSTRAP_ENV, render("database/etcd-bootstrap.env.j2", context)),
+            RemoteFile(ETCD_DROPIN, render("database/etcd.override.conf.j2", context)),
+        ]
 
     def _etcd(self, node: Node, depends_on: list[pulumi.Resource]) -> pulumi.Resource:
         context = etcd_context(self.scope, node.spec, _members(self._args.nodes))
@@ -323,10 +387,20 @@ class DatabaseTier(pulumi.ComponentResource):
             "etcd",
             node.access,
             render("database/etcd.sh.j2", context),
-            files=[
-                RemoteFile("/etc/default/etcd", render("database/etcd.env.j2", context)),
-                RemoteFile(ETCD_DROPIN, render("database/etcd.override.conf.j2", context)),
-            ],
+            files=self._etcd_files(node),
+            parent=self,
+            depends_on=depends_on,
+        )
+
+    def _etcd_restart(self, node: Node, depends_on: list[pulumi.Resource]) -> pulumi.Resource:
+        """Restarts the member the etcd step marked; re-runs when what it runs with changed."""
+        context = etcd_context(self.scope, node.spec, _members(self._args.nodes))
+        runs_with = [f for f in self._etcd_files(node) if f.path != ETCD_BOOTSTRAP_ENV]
+        context["digest"] = _digest(*(f.content for f in runs_with))
+        return run_step(
+            "etcd-restart",
+            node.access,
+            render("database/etcd-restart.sh.j2", context),
             parent=self,
             depends_on=depends_on,
         )
@@ -372,6 +446,8 @@ class DatabaseTier(pulumi.ComponentResource):
         spec = node.spec
         context = {
             "node": spec.name,
+            "config": HAPROXY_CFG,
+            "state_file": HAPROXY_STATE,
             "primary_port": HAPROXY_PRIMARY_PORT,
             "replica_port": HAPROXY_REPLICA_PORT,
         }
@@ -380,9 +456,69 @@ class DatabaseTier(pulumi.ComponentResource):
             "haproxy",
             node.access,
             render("database/haproxy.sh.j2", context),
-            files=[RemoteFile("/etc/haproxy/haproxy.cfg", config)],
+            files=[RemoteFile(HAPROXY_CFG, config)],
             parent=self,
             depends_on=depends_on,
+        )
+
+    def _haproxy_reload(self, node: Node, depends_on: list[pulumi.Resource]) -> pulumi.Resource:
+        """Reloads (never restarts) the HAProxy the haproxy step marked, keeping the servers'
+        checked states; re-runs when the config changed."""
+        context = {
+            "node": node.spec.name,
+            "digest": _digest(haproxy_cfg(_members(self._args.nodes), node.spec)),
+            "config": HAPROXY_CFG,
+            "socket": HAPROXY_SOCKET,
+            "state_file": HAPROXY_STATE,
+            "wait_seconds": HAPROXY_RELOAD_WAIT_S,
+        }
+        return run_step(
+            "haproxy-reload",
+            node.access,
+            render("database/haproxy-reload.sh.j2", context),
+            parent=self,
+            depends_on=depends_on,
+        )
+
+    def _postgres_context(self, node: Node) -> dict[str, Any]:
+        return {
+            "node": node.spec.name,
+            "mesh_address": node.spec.mesh_address,
+            "rest_port": PATRONI_PORT,
+            "config": PATRONI_CONFIG,
+            "scope": self.scope,
+            # The parameters a restart applies: a change re-runs the restart steps.
+            "digest": _digest(json.dumps(self._args.parameters(), sort_keys=True)),
+            "wait_seconds": POSTGRES_RESTART_WAIT_S,
+            "switchover_seconds": SWITCHOVER_WAIT_S,
+        }
+
+    def _postgres_restart(
+        self, node: Node, depends_on: list[pulumi.Resource]
+    ) -> pulumi.Resource:
+        """A replica Patroni reports pending a restart is restarted (the primary is left for
+        the switchover step); returns once it streams again."""
+        return run_step(
+            "postgres-restart",
+            node.access,
+            render("database/postgres-restart.sh.j2", self._postgres_context(node)),
+            parent=self,
+            depends_on=depends_on,
+            timeout_minutes=15,
+        )
+
+    def _postgres_switchover(
+        self, first: Node, depends_on: list[pulumi.Resource]
+    ) -> pulumi.Resource:
+        """Last: a primary pending a restart hands over to a healthy synchronous standby, then
+        restarts as a replica. Runs from the first node (patronictl acts on any member)."""
+        return run_step(
+            "postgres-switchover",
+            first.access,
+            render("database/postgres-switchover.sh.j2", self._postgres_context(first)),
+            parent=self,
+            depends_on=depends_on,
+            timeout_minutes=20,
         )
 
     def _airflow_db(self, node: Node, depends_on: list[pulumi.Resource]) -> pulumi.Resource:
@@ -391,7 +527,7 @@ class DatabaseTier(pulumi.ComponentResource):
         spec = node.spec
         # The stack's PostgreSQL parameters too, so that a running cluster gets a changed one.
         dynamic = _yaml(dynamic_settings(self._args.patroni)) | {
-            f"postgresql.parameters.{k}": v for k, v in _yaml(POSTGRES_PARAMETERS).items()
+            f"postgresql.parameters.{k}": v for k, v in _yaml(self._args.parameters()).items()
         }
         context = {
             "node": spec.name,
@@ -422,3 +558,9 @@ def _stats_tunnel(node: Node) -> pulumi.Output[str]:
         node.public_address,
         f"  # then open http://127.0.0.1:{HAPROXY_STATS_PORT}/",
     )
+
+
+def _digest(*parts: str) -> str:
+    """What a restart step's script carries of the files it restarts for: their change
+    re-runs it (and it restarts only what the config step marked)."""
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()

@@ -20,7 +20,9 @@ from typing import Any
 
 import pulumi
 
+from . import hostkeys
 from .config import NodeSpec
+from .config_schema import SECRET_PLACEHOLDER_RE
 from .layout import UI_PORT, WIREGUARD_PORT
 from .remote import NodeAccess, RemoteFile, render, run_step
 
@@ -32,8 +34,10 @@ DEBIAN_AMI_NAME = "debian-13-amd64-*"
 # image (the AMI lookup answers the newest) or a rotated key would otherwise replace every
 # server of the stack in one `pulumi up`: a new image reaches a node when it is replaced on
 # purpose, one node at a time; a new key through the base step (authorized_keys).
-HCLOUD_SERVER_IGNORED = ("image", "ssh_keys")
-AWS_INSTANCE_IGNORED = ("ami", "key_name")
+# The user data (cloud-init: the generated host key) is read at the first boot only; a server
+# made before it existed must not be replaced for it (its hostKey then comes from the stack).
+HCLOUD_SERVER_IGNORED = ("image", "ssh_keys", "user_data")
+AWS_INSTANCE_IGNORED = ("ami", "key_name", "user_data")
 UNKNOWN_KEY = "<the public half of sshPrivateKey>"
 
 
@@ -112,10 +116,14 @@ class Node(pulumi.ComponentResource):
         self.public_address: pulumi.Output[str] = self._address()
         rules = ingress_rules(args.tier, args.peer_addresses)
         self.machine: Machine | None = None
-        if spec.cloud == "hcloud":
-            self.machine = self._hcloud_server(rules, args.hcloud_key)
-        elif spec.cloud == "aws":
-            self.machine = self._aws_machine(rules)
+        self.host_key: pulumi.Output[str] = pulumi.Output.from_input(spec.host_key or "")
+        if spec.cloud in ("hcloud", "aws"):
+            user_data, generated = self._host_key()
+            self.host_key = pulumi.Output.from_input(spec.host_key) if spec.host_key else generated
+            if spec.cloud == "hcloud":
+                self.machine = self._hcloud_server(rules, args.hcloud_key, user_data)
+            else:
+                self.machine = self._aws_machine(rules, user_data)
         self.access = NodeAccess(
             name=spec.name,
             host=self.public_address,
@@ -123,6 +131,7 @@ class Node(pulumi.ComponentResource):
             port=spec.port,
             private_key=args.tier.ssh_private_key,
             instance=self.machine.reachable.id if self.machine else None,
+            host_key=self.host_key,
         )
         self.base: pulumi.Resource = self._base_step()
         self.register_outputs(
@@ -167,6 +176,20 @@ class Node(pulumi.ComponentResource):
             return self._eip.public_ip
         return pulumi.Output.from_input(spec.host)
 
+    def _host_key(self) -> tuple[pulumi.Output[str], pulumi.Output[str]]:
+        """A new server's host key: (its cloud-init user data, secret; the public line).
+        cloud-init installs the pair before sshd starts and makes no other host key, so the
+        first connection can already check it (the public half is no secret)."""
+        import pulumi_random as random
+
+        seed = random.RandomBytes(
+            f"{self.spec.name}-host-key", length=32, opts=pulumi.ResourceOptions(parent=self)
+        ).base64
+        pair = seed.apply(lambda s: _key_pair(s, self.spec.name))
+        public = pulumi.Output.unsecret(pair.apply(lambda p: p[1].rsplit(" ", 1)[0]))
+        user_data = pulumi.Output.secret(pair.apply(lambda p: cloud_init(*p)))
+        return user_data, public
+
     def _base_step(self) -> pulumi.Resource:
         tier = self._tier
         context = {
@@ -199,7 +222,9 @@ class Node(pulumi.ComponentResource):
             depends_on=[self.machine.reachable] if self.machine else [],
         )
 
-    def _hcloud_server(self, rules: list[dict], key: pulumi.Resource | None) -> Machine:
+    def _hcloud_server(
+        self, rules: list[dict], key: pulumi.Resource | None, user_data: pulumi.Output[str]
+    ) -> Machine:
         import pulumi_hcloud as hcloud
 
         spec, cluster = self.spec, self._tier.cluster
@@ -224,6 +249,7 @@ class Node(pulumi.ComponentResource):
             image=HCLOUD_IMAGE,
             location=spec.location,
             ssh_keys=[key.id] if key else [],
+            user_data=user_data,
             firewall_ids=[firewall.id.apply(int)],
             public_nets=[
                 hcloud.ServerPublicNetArgs(
@@ -235,7 +261,7 @@ class Node(pulumi.ComponentResource):
         )
         return Machine(server=server, reachable=server)
 
-    def _aws_machine(self, rules: list[dict]) -> Machine:
+    def _aws_machine(self, rules: list[dict], user_data: pulumi.Output[str]) -> Machine:
         import pulumi_aws as aws
 
         spec = self.spec
@@ -262,12 +288,13 @@ class Node(pulumi.ComponentResource):
             subnet_id=subnet.id,
             vpc_security_group_ids=[group.id],
             key_name=key_pair.key_name,
+            user_data=user_data,
             root_block_device=aws.ec2.InstanceRootBlockDeviceArgs(
                 volume_size=40, volume_type="gp3", encrypted=True
             ),
             metadata_options=aws.ec2.InstanceMetadataOptionsArgs(http_tokens="required"),
             tags=tags,
-            # The key lives in the key pair only (no user_data): key_name is its one input.
+            # The login key lives in the key pair (key_name), the host key in user_data.
             opts=self._kept(provider=self._provider, ignore_changes=list(AWS_INSTANCE_IGNORED)),
         )
         association = aws.ec2.EipAssociation(
@@ -332,6 +359,31 @@ class Node(pulumi.ComponentResource):
             tags=tags,
             opts=opts,
         )
+
+
+def _key_pair(seed: str, node: str) -> tuple[str, str]:
+    """(private text, public line) of a node's host key; the offline render's placeholder
+    seed (tools.render: `<secret:...>`) gives placeholders."""
+    try:
+        return hostkeys.from_base64_seed(seed, f"root@{node}")
+    except ValueError:  # binascii.Error too; RandomBytes gives 32 bytes in base64
+        if SECRET_PLACEHOLDER_RE.match(seed) is None:
+            raise
+        return f"<secret:{node}-host-key>", f"<host key of {node}>"
+
+
+def cloud_init(private_key: str, public_key: str) -> str:
+    """The user data of a new server: its SSH host key and no other (cloud-init's ssh module:
+    the image's keys deleted, none generated), so that sshd shows the key the program pins."""
+    indented = "".join(f"    {line}\n" for line in private_key.strip().splitlines())
+    return (
+        "#cloud-config\n"
+        "ssh_deletekeys: true\n"
+        "ssh_genkeytypes: []\n"
+        "ssh_keys:\n"
+        f"  ed25519_private: |\n{indented}"
+        f"  ed25519_public: {public_key}\n"
+    )
 
 
 class Nodes(pulumi.ComponentResource):

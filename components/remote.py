@@ -84,6 +84,8 @@ class NodeAccess:
     private_key: pulumi.Input[str]
     # The machine's identity (server id): a replaced server re-runs every step on it.
     instance: pulumi.Input[str] | None = None
+    # The server's ssh-ed25519 host key: pulumi-command refuses a server that shows another.
+    host_key: pulumi.Input[str] | None = None
 
     def connection(self) -> command.remote.ConnectionArgs:
         return command.remote.ConnectionArgs(
@@ -91,6 +93,7 @@ class NodeAccess:
             user=self.user,
             port=self.port,
             private_key=self.private_key,
+            host_key=self.host_key,
             dial_error_limit=30,
             per_dial_timeout=10,
         )

@@ -36,7 +36,7 @@ import time
 from datetime import datetime
 
 from drills import failover, runbook
-from drills.nodes import NODES, localcloud, ssh
+from drills.nodes import NODES, deploy_secret, localcloud, ssh
 from tools.localcloud.lock import ClusterLock
 
 DAGS_DIR = "/opt/airflow/dags"
@@ -92,9 +92,10 @@ class Api:
         self._token: str | None = None
 
     def password(self) -> str:
-        # The admin's password is also Flower's basic-auth password in airflow.cfg.
-        line = ssh(self.node, "grep '^flower_basic_auth = ' /etc/airflow/airflow.cfg").stdout
-        return line.strip().split(" = ", 1)[1].split(":", 1)[1]
+        # The admin's password is on no node in plain (Flower has its own): the deploy's state.
+        return deploy_secret(
+            "airflow-admin-password/password", "AIRFLOW_ADMIN_PASSWORD", "Airflow admin password"
+        )
 
     def token(self, user: str = "admin") -> str:
         if self._token is None:

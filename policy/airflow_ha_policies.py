@@ -2,17 +2,31 @@
 
 What the pack refuses, on every resource the program registers:
 - public-ingress-allowlist: an ingress rule (Hetzner firewall rule `direction: in`, AWS security
-  group ingress in any of its three resource shapes) that opens anything but 22/tcp (admins),
-  51820/udp (WireGuard) and, when the policy config sets `allowPublicUi`, 443/tcp, from any source.
+  group ingress in any of its three resource shapes, a VPC's default security group) that opens
+  anything but 22/tcp (admins), 51820/udp (WireGuard) and, when the policy config sets
+  `allowPublicUi`, 443/tcp, from any source.
 - ssh-not-from-internet: 22/tcp open to 0.0.0.0/0, ::/0 or any public range as wide as a /8
   (IPv4) or /16 (IPv6), so that splitting 0.0.0.0/0 into halves does not get around it.
 - cluster-ports-mesh-only: an ingress rule, from any source, covering a port of the cluster's
-  services (etcd, PostgreSQL, Patroni, HAProxy, RabbitMQ, epmd, Flower, Airflow, csync2): those
+  services (etcd, PostgreSQL, Patroni, HAProxy and its stats, RabbitMQ with its CLI tools'
+  distribution ports, epmd, Flower, Airflow, csync2; tests/unit/test_policy.py checks the list
+  holds every port constant of components/): those
   are reached over the WireGuard mesh only and never through the cloud firewall.
 - server-has-firewall: a Hetzner server without firewallIds, an EC2 instance without
-  vpcSecurityGroupIds.
+  vpcSecurityGroupIds (or securityGroups) and without network interfaces of its own (an
+  interface's groups are its own input: a network interface without securityGroups is refused).
 - secret-inputs-encrypted: an input of a command resource whose name looks secret (password,
   cookie, secret, private key, token) holding a plain string.
+- secret-values-encrypted: a plain string in any input of any resource (a Command's stdin or
+  create, a server's user data, EC2's userDataBase64 decoded) that holds secret text: the value
+  of one of the same resource's secret inputs, a private key (PEM, OpenSSH, cloud-init's
+  `ed25519_private:`), or a secret-named setting given a literal (`password: hunter22...`).
+  The pack sees one resource's inputs at a time: a generated password (a RandomPassword's
+  output) copied in plain into another resource is recognised only by its shape; the program's
+  unit tests (tests/unit/test_secrets.py) follow every generated secret to every input.
+- no-secret-on-command-line: a Command's create/update/delete holding the connection's key or
+  password, an environment value, or secret text as above: a command line is visible in `ps`
+  to every user of the node, secret input or not (a mandatory validation).
 
 Secretness and the SDK: pulumi-policy hands validations (`Analyze`, `AnalyzeStack`) the inputs with
 Pulumi secrets already decrypted and unmarked (pulumi_policy/policy.py deserialises them without
@@ -30,6 +44,8 @@ violation: the same policies run again at `pulumi up`, when the values are known
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -56,9 +72,12 @@ PACK_NAME = "airflow-ha"
 HCLOUD_FIREWALL = "hcloud:index/firewall:Firewall"
 HCLOUD_SERVER = "hcloud:index/server:Server"
 AWS_SECURITY_GROUP = "aws:ec2/securityGroup:SecurityGroup"
+# A VPC's default group: a resource that manages it replaces its rules with the ones it lists.
+AWS_DEFAULT_SECURITY_GROUP = "aws:ec2/defaultSecurityGroup:DefaultSecurityGroup"
 AWS_SECURITY_GROUP_RULE = "aws:ec2/securityGroupRule:SecurityGroupRule"
 AWS_INGRESS_RULE = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
 AWS_INSTANCE = "aws:ec2/instance:Instance"
+AWS_NETWORK_INTERFACE = "aws:ec2/networkInterface:NetworkInterface"
 COMMAND_TYPES = ("command:remote:Command", "command:local:Command")
 
 SSH = ("tcp", 22)
@@ -76,7 +95,9 @@ CLUSTER_PORTS: dict[int, str] = {
     5672: "RabbitMQ AMQP",
     15672: "RabbitMQ management",
     25672: "RabbitMQ Erlang distribution",
+    **{port: "RabbitMQ CLI distribution" for port in range(35672, 35683)},
     4369: "epmd",
+    7000: "HAProxy stats",
     5555: "Flower",
     8080: "Airflow api-server",
     8793: "Airflow worker log server",
@@ -243,7 +264,7 @@ def ingress_rules(resource_type: str, props: Mapping[str, Any]) -> list[Ingress]
                     f"rules[{index}]",
                 )
             )
-    elif resource_type == AWS_SECURITY_GROUP:
+    elif resource_type in (AWS_SECURITY_GROUP, AWS_DEFAULT_SECURITY_GROUP):
         for index, rule in enumerate(_list(props.get("ingress"))):
             if rule is UNKNOWN:
                 continue
@@ -344,15 +365,23 @@ def validate_ssh_source(args: ResourceValidationArgs, report: ReportViolation) -
             )
 
 
+def _port_groups(ports: list[tuple[int, str]]) -> list[str]:
+    """ "5000 (HAProxy (primary))", consecutive ports of one service as one range."""
+    groups: list[list[Any]] = []
+    for port, name in ports:
+        if groups and groups[-1][2] == name and groups[-1][1] == port - 1:
+            groups[-1][1] = port
+        else:
+            groups.append([port, port, name])
+    return [f"{lo} ({name})" if lo == hi else f"{lo}-{hi} ({name})" for lo, hi, name in groups]
+
+
 def validate_cluster_ports(args: ResourceValidationArgs, report: ReportViolation) -> None:
     for rule in ingress_rules(args.resource_type, args.props):
         if rule.protocol not in ("tcp", "all") or not isinstance(rule.ports, tuple):
             continue
-        hit = [
-            f"{port} ({name})"
-            for port, name in sorted(CLUSTER_PORTS.items())
-            if rule.covers("tcp", port)
-        ]
+        reached = [(p, n) for p, n in sorted(CLUSTER_PORTS.items()) if rule.covers("tcp", p)]
+        hit = _port_groups(reached)
         if hit:
             report(
                 f"{rule.describe()}, which reaches {', '.join(hit)}. Cluster services listen on "
@@ -376,12 +405,33 @@ def validate_server_firewall(args: ResourceValidationArgs, report: ReportViolati
             "port. Attach the node's firewall (components/nodes.py creates one per node).",
             None,
         )
-    elif args.resource_type == AWS_INSTANCE and not _has_items(args.props, "vpcSecurityGroupIds"):
+    elif args.resource_type == AWS_INSTANCE and not _instance_has_groups(args.props):
         report(
-            f"EC2 instance '{args.name}' has no vpcSecurityGroupIds: it would get the VPC's "
+            f"EC2 instance '{args.name}' has no vpcSecurityGroupIds and no network interface: it "
+            "would get the VPC's default security group. Attach the node's security group.",
+            None,
+        )
+    elif args.resource_type == AWS_NETWORK_INTERFACE and not _has_items(
+        args.props, "securityGroups"
+    ):
+        report(
+            f"Network interface '{args.name}' has no securityGroups: it would get the VPC's "
             "default security group. Attach the node's security group.",
             None,
         )
+
+
+def _instance_has_groups(props: Mapping[str, Any]) -> bool:
+    """Security groups on the instance, or on the network interfaces it is given (those
+    carry their own groups, and the instance then takes none: the interface's are checked
+    on the aws:ec2/networkInterface resource)."""
+    if _has_items(props, "vpcSecurityGroupIds") or _has_items(props, "securityGroups"):
+        return True
+    values = plain(props)
+    attached = values.get("primaryNetworkInterface")
+    return _has_items(props, "networkInterfaces") or (
+        attached is UNKNOWN or (isinstance(attached, dict) and bool(attached))
+    )
 
 
 def _unproxy(value: Any) -> Any:
@@ -445,6 +495,123 @@ def remediate_plain_secrets(args: ResourceValidationArgs) -> dict | None:
         return None
     wrapped, paths = plain_secret_inputs(args.props)
     return wrapped if paths else None
+
+
+# Secret text in a plain value: a private key (PEM, OpenSSH, cloud-init's ssh_keys), or a
+# secret-named setting given a literal (not a $variable, a placeholder or a file reference).
+SECRET_TEXT = re.compile(
+    r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----"
+    r"|\b(?:ed25519|rsa|ecdsa)_private\s*:"
+    r"|(?i:--(?:password|passwd|secret|token|cookie)(?:\s+|=)"
+    r"|\b(?:password|passwd|secret|token|cookie)[\"']?\s*[:=]\s*)"
+    r"[\"']?(?![$<{%@/(\\])[^\s\"']{8,}"
+)
+MIN_SECRET_LENGTH = 8  # shorter secret inputs ("root", a port) would match everywhere
+
+
+def _secret_strings(value: Any, inside: bool = False) -> Iterator[str]:
+    """The text of every secret in a remediation's raw inputs (nested too)."""
+    value = _unproxy(value)
+    if isinstance(value, Secret):
+        yield from _secret_strings(value.value, True)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _secret_strings(item, inside)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _secret_strings(item, inside)
+    elif inside and isinstance(value, str) and value not in _UNKNOWN_SENTINELS:
+        yield value
+
+
+def _decoded(name: str, text: str) -> str:
+    """What a `...Base64` input (EC2's userDataBase64) holds; other inputs as they are."""
+    if not name.lower().endswith("base64"):
+        return text
+    try:
+        return base64.b64decode(text, validate=True).decode("utf-8", "replace")
+    except (ValueError, binascii.Error):
+        return text
+
+
+def secret_text_in(name: str, text: str, secrets: set[str]) -> str | None:
+    """Why a plain string holds secret text, or None."""
+    text = _decoded(name, text)
+    if any(secret in text for secret in secrets):
+        return "the value of one of the resource's secret inputs"
+    found = SECRET_TEXT.search(text)
+    return f"secret text ({found.group(0)[:24]}...)" if found else None
+
+
+def _wrap_secret_text(value: Any, name: str, secrets: set[str]) -> tuple[Any, list[str]]:
+    """(value with every plain string holding secret text wrapped in Secret, their paths)."""
+    value = _unproxy(value)
+    if isinstance(value, Secret):
+        return value, []
+    if isinstance(value, str):
+        if value in _UNKNOWN_SENTINELS or secret_text_in(name, value, secrets) is None:
+            return value, []
+        return Secret(value), [name]
+    if isinstance(value, dict):
+        out, found = {}, []
+        for key, item in value.items():
+            out[key], paths = _wrap_secret_text(item, str(key), secrets)
+            found.extend(f"{name}.{p}" if name else p for p in paths)
+        return out, found
+    if isinstance(value, list):
+        items, found = [], []
+        for index, item in enumerate(value):
+            wrapped, paths = _wrap_secret_text(item, name, secrets)
+            items.append(wrapped)
+            found.extend(f"{name}[{index}]" for _ in paths)
+        return items, found
+    return value, []
+
+
+def plain_secret_values(props: Any) -> tuple[dict | None, list[str]]:
+    """For a remediation's inputs (any resource type): the inputs with every plain string that
+    holds secret text (another input's secret value, a private key, a literal password)
+    wrapped as a secret, and the paths that needed it; (None, []) without secret markers."""
+    if _DictSecretsProxy is None or not isinstance(props, _DictSecretsProxy):
+        return None, []
+    target = props["__target"]
+    secrets = {s for s in _secret_strings(target) if len(s) >= MIN_SECRET_LENGTH}
+    return _wrap_secret_text(target, "", secrets)
+
+
+def remediate_plain_secret_values(args: ResourceValidationArgs) -> dict | None:
+    wrapped, paths = plain_secret_values(args.props)
+    return wrapped if paths else None
+
+
+COMMAND_LINES = ("create", "update", "delete")
+
+
+def validate_command_lines(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """A command line is visible to every user of the machine that runs it (ps, /proc): no
+    secret belongs there, secret input or not. The secrets a command has (the connection's
+    key and password, its environment) are compared with its command lines as text."""
+    if args.resource_type not in COMMAND_TYPES:
+        return
+    props = plain(args.props)
+    connection = props.get("connection") if isinstance(props.get("connection"), dict) else {}
+    environment = props.get("environment") if isinstance(props.get("environment"), dict) else {}
+    known = {
+        v
+        for v in (connection.get("privateKey"), connection.get("password"), *environment.values())
+        if isinstance(v, str) and len(v) >= MIN_SECRET_LENGTH and v is not UNKNOWN
+    }
+    for key in COMMAND_LINES:
+        line = props.get(key)
+        if not isinstance(line, str):
+            continue
+        why = secret_text_in(key, line, known)
+        if why:
+            report(
+                f"'{key}' of {args.name} holds {why}: a command line is readable by every user "
+                "of the machine (ps). Send secrets on stdin or in a mode-0600 file.",
+                None,
+            )
 
 
 def secret_like_inputs(props: Mapping[str, Any]) -> Iterator[str]:
@@ -516,10 +683,29 @@ SECRET_INPUTS_ENCRYPTED = ResourceValidationPolicy(
     enforcement_level=EnforcementLevel.REMEDIATE,
 )
 
+SECRET_VALUES_ENCRYPTED = ResourceValidationPolicy(
+    name="secret-values-encrypted",
+    description=(
+        "No input of any resource holds secret text in plain (a secret input's value again, a "
+        "private key, a literal password: a Command's stdin or create, a server's user data); "
+        "such a value is wrapped as a secret before it is stored."
+    ),
+    remediate=remediate_plain_secret_values,
+    enforcement_level=EnforcementLevel.REMEDIATE,
+)
+
+NO_SECRET_ON_COMMAND_LINE = ResourceValidationPolicy(
+    name="no-secret-on-command-line",
+    description="A command's create/update/delete holds no secret (they are argv on the node).",
+    validate=validate_command_lines,
+)
+
 POLICIES = [
     PUBLIC_INGRESS,
     SSH_NOT_FROM_INTERNET,
     CLUSTER_PORTS_MESH_ONLY,
     SERVER_HAS_FIREWALL,
     SECRET_INPUTS_ENCRYPTED,
+    SECRET_VALUES_ENCRYPTED,
+    NO_SECRET_ON_COMMAND_LINE,
 ]

@@ -10,11 +10,13 @@ import pytest
 
 from tools.engine import (
     Engine,
+    fake_host_keys,
     fake_ssh_private_key,
     fake_ssh_public_key,
     load_stack_file,
     run_program,
     stack_path,
+    with_host_keys,
 )
 
 LOCAL_PUBLIC_KEY = fake_ssh_public_key("local")
@@ -25,6 +27,7 @@ def stack_values(stack: str) -> dict[str, Any]:
     values = load_stack_file(stack_path(stack))
     if stack == "local":
         values.setdefault("sshPublicKey", LOCAL_PUBLIC_KEY)
+        values = with_host_keys(values, fake_host_keys(values))
     # A private key whose public half is sshPublicKey's, as in a stack between rotations.
     values.setdefault("sshPrivateKey", fake_ssh_private_key(values["sshPublicKey"]))
     return values

@@ -35,9 +35,17 @@ from pathlib import Path
 from typing import Any
 
 from components.config import NAMESPACE, ConfigError
-from tools.engine import REPO, Engine, load_stack_file, parse_step, run_program, stack_path
+from tools.engine import (
+    REPO,
+    Engine,
+    load_stack_file,
+    parse_step,
+    run_program,
+    stack_path,
+    with_host_keys,
+)
 from tools.localcloud.lock import ClusterLock
-from tools.localcloud.machines import SSH_OPTIONS
+from tools.localcloud.machines import SSH_CHECK_OPTIONS, host_keys, known_hosts_lines
 
 STATE_DIR = REPO / ".deploy-state"
 CLOUD_TYPES = ("hcloud:", "aws:")
@@ -238,6 +246,26 @@ def check_skipped_creates(planned: dict[Key, Planned], selected: set[Key], has_s
         )
 
 
+def private_dir(path: Path) -> Path:
+    """`path` (and missing parents) as a folder only its owner may enter: 0700 whatever the
+    umask, an existing one tightened too (step logs and state hold what the steps print)."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for folder in reversed(missing):  # mkdir(parents=True) would make the parents 0755
+        folder.mkdir(mode=0o700, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `path` as mode 0600 in a 0700 folder, atomically (no moment of a wider mode)."""
+    private_dir(path.parent)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o600)  # an older file of that name kept its mode through O_CREAT
+    tmp.replace(path)
+
+
 class StepFailed(RuntimeError):
     def __init__(self, name: str, node: str, returncode: int, stderr: str) -> None:
         tail = "\n".join(stderr.strip().splitlines()[-25:])
@@ -256,11 +284,7 @@ class DeployState:
             self.data = json.loads(path.read_text())
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
-            json.dump(self.data, f, indent=1, sort_keys=True)
-        tmp.replace(self.path)
+        write_private(self.path, json.dumps(self.data, indent=1, sort_keys=True))
 
     def has(self, key: Key) -> bool:
         """Whether the resource exists in the state (a Command that ran, a saved secret);
@@ -296,6 +320,9 @@ class DeployEngine(Engine):
         self.log_dir = log_dir
         self.verbose = verbose
         self.failed: StepFailed | None = None
+        # Every connection's pinned host key, written as ssh's known_hosts beside the state.
+        self.known_hosts: dict[tuple[str, int], str] = {}
+        self.known_hosts_path = state.path.with_name(state.path.stem + ".known_hosts")
         self.ran: list[tuple[str, Change]] = []
         self.skipped: list[str] = []
         self.print_lock = threading.Lock()
@@ -373,10 +400,10 @@ class DeployEngine(Engine):
         else:
             result = self._ssh(inputs["connection"], remote_command, script)
         seconds = time.monotonic() - started
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        (self.log_dir / f"{name}.log").write_text(
+        write_private(
+            self.log_dir / f"{name}.log",
             f"# {change.describe()}: exit {result.returncode} after {seconds:.1f}s\n"
-            f"# stdout\n{result.stdout}\n# stderr\n{result.stderr}"
+            f"# stdout\n{result.stdout}\n# stderr\n{result.stderr}",
         )
         if result.returncode != 0:
             failure = StepFailed(name, step.node, result.returncode, result.stderr or result.stdout)
@@ -413,7 +440,20 @@ class DeployEngine(Engine):
             self.say(f"  delete {name} (no longer in the program)")
         return gone
 
+    def pin_host_key(self, conn: dict) -> Path:
+        """The known_hosts file holding `conn`'s host key (0600, beside the state)."""
+        if not conn.get("hostKey"):
+            raise RuntimeError(
+                f"{conn.get('host')}: the connection has no hostKey; tools.deploy checks every "
+                "host key (StrictHostKeyChecking=yes): set the node's hostKey"
+            )
+        with self.state.lock:
+            self.known_hosts[(conn["host"], int(conn.get("port", 22)))] = conn["hostKey"]
+            write_private(self.known_hosts_path, known_hosts_lines(self.known_hosts))
+        return self.known_hosts_path
+
     def _ssh(self, conn: dict, remote_command: str, script: str) -> subprocess.CompletedProcess:
+        known_hosts = self.pin_host_key(conn)
         with tempfile.NamedTemporaryFile("w", delete=False, prefix="airflow-ha-key-") as key:
             key.write(conn["privateKey"].rstrip("\n") + "\n")
         os.chmod(key.name, 0o600)
@@ -424,7 +464,10 @@ class DeployEngine(Engine):
                 key.name,
                 "-p",
                 str(int(conn.get("port", 22))),
-                *SSH_OPTIONS,  # the local cloud's: no host key check yet (issue 13)
+                # As pulumi-command with a host_key: that key, of that type, or no connection.
+                *SSH_CHECK_OPTIONS,
+                "-o",
+                f"UserKnownHostsFile={known_hosts}",
                 "-o",
                 "ConnectTimeout=10",
                 "-o",
@@ -445,7 +488,8 @@ class DeployEngine(Engine):
 
 
 def local_stack_values(values: dict[str, Any]) -> dict[str, Any]:
-    """The local stack logs in with the key tools.localcloud generated (never committed)."""
+    """The local stack logs in with the key tools.localcloud generated (never committed) and
+    checks the machines' host keys, which the local cloud generated into their disks."""
     from tools.localcloud.machines import SSH_KEY_PATH
 
     key_path = Path(SSH_KEY_PATH)
@@ -453,7 +497,10 @@ def local_stack_values(values: dict[str, Any]) -> dict[str, Any]:
         raise SystemExit(f"no SSH key at {key_path}: run `python3 -m tools.localcloud up` first")
     values.setdefault("sshPrivateKey", key_path.read_text())
     values.setdefault("sshPublicKey", Path(f"{key_path}.pub").read_text().strip())
-    return values
+    keys = host_keys()
+    if not keys:
+        raise SystemExit("no machine disks with host keys: run `python3 -m tools.localcloud up`")
+    return with_host_keys(values, keys)
 
 
 def select(
@@ -554,7 +601,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.monotonic() - started
     print(f"deployed stack {args.stack} in {seconds:.1f}s: {summary(engine)}", flush=True)
     shown = {k: "[secret]" if k in engine.secret_outputs else v for k, v in outputs.items()}
-    (STATE_DIR / f"{args.stack}.outputs.json").write_text(json.dumps(shown, indent=1))
+    write_private(STATE_DIR / f"{args.stack}.outputs.json", json.dumps(shown, indent=1))
     return 0
 
 

@@ -198,6 +198,28 @@ def fake_ssh_public_key(name: str) -> str:
     return f"ssh-ed25519 {base64.b64encode(blob).decode()} {name}"
 
 
+def with_host_keys(values: dict[str, Any], keys: dict[str, str]) -> dict[str, Any]:
+    """The stack's values with each node's hostKey from `keys` (by node name) where the stack
+    file sets none: the local stack's machines are made by tools.localcloud, which records their
+    keys (tools.deploy), and the offline render stands in fake ones."""
+    nodes = values.get("nodes")
+    if isinstance(nodes, list):
+        values["nodes"] = [
+            {**node, "hostKey": keys[node["name"]]}
+            if isinstance(node, dict) and "hostKey" not in node and node.get("name") in keys
+            else node
+            for node in nodes
+        ]
+    return values
+
+
+def fake_host_keys(values: dict[str, Any]) -> dict[str, str]:
+    """A well-formed ssh-ed25519 host key per node name of the stack (not a usable key)."""
+    nodes = values.get("nodes") if isinstance(values.get("nodes"), list) else []
+    names = [n.get("name") for n in nodes if isinstance(n, dict)]
+    return {name: fake_ssh_public_key(f"host-{name}") for name in names if isinstance(name, str)}
+
+
 def hcloud_id(typ: str, name: str) -> str:
     """A Hetzner id (a number) derived from the resource, not from the registration order
     (which the SDK's parallelism varies): the same program makes the same inputs."""

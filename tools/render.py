@@ -41,10 +41,12 @@ from tools.engine import (
     Engine,
     Registered,
     Step,
+    fake_host_keys,
     load_stack_file,
     parse_step,
     run_program,
     stack_path,
+    with_host_keys,
 )
 
 GOLDEN_SUFFIX = ".golden"
@@ -176,7 +178,10 @@ def render_stack(stack: str, out: Path, path: Path | None = None, golden: bool =
     """Render one stack into `out`; the summary line. Raises ConfigError for a bad stack."""
     started = time.monotonic()
     engine = RenderEngine()
-    outputs = run_program(load_stack_file(path or stack_path(stack)), engine, stack)
+    values = load_stack_file(path or stack_path(stack))
+    if stack == "local":  # the machines' keys exist once tools.localcloud made them
+        values = with_host_keys(values, fake_host_keys(values))
+    outputs = run_program(values, engine, stack)
     files = write_render(engine, out, golden)
     shown = {k: "[secret]" if k in engine.secret_outputs else v for k, v in outputs.items()}
     suffix = GOLDEN_SUFFIX if golden else ""

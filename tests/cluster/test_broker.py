@@ -138,6 +138,8 @@ def test_management_api_answers_on_the_mesh_for_airflow(cluster) -> None:
     assert result.stdout == "200"
 
 
+# CI runs the broker-crash drill instead (tests/cluster/test_drills.py).
+@pytest.mark.full
 def test_node_loss_drill_loses_no_confirmed_message_and_the_node_rejoins(cluster) -> None:
     result = broker.run_drill(messages=10_000, victim="node-b", runner="node-a")
     print(broker.report(result))

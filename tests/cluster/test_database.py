@@ -183,6 +183,8 @@ def start_clients(node: str, password: str) -> subprocess.Popen[str]:
     return proc
 
 
+# CI runs the db-crash drill instead (tests/cluster/test_drills.py).
+@pytest.mark.full
 def test_killing_the_primary_fails_over_without_losing_a_row(cluster, password) -> None:
     with ClusterLock(timeout=1800):
         primary = failover.leader_of(failover.wait_healthy())

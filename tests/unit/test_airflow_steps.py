@@ -3,6 +3,7 @@ changed marks a restart, and the start step restarts only then, the worker first
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -10,8 +11,12 @@ import pytest
 from components import airflow
 from tests.unit.stepharness import Answer, Node, Ran, rendered_step
 from tests.unit.test_airflow import SERVICES
-from tools.engine import Step
+from tools.engine import Engine, Step
 
+LOCK = f"{airflow.AIRFLOW_HOME}/requirements-3.3.2-py313.txt"
+# Where this lock's venv is built, beside the running one.
+TARGET = (f"{airflow.VENVS_DIR}/3.3.2-"
+          f"{hashlib.sha256(airflow.lock_file('3.3.2').read_text().encode()).hexdigest()[:16]}")
 HEALTHY = '{"metadatabase": {"status": "healthy"}, "scheduler": {"status": "healthy"}}'
 
 
@@ -36,7 +41,7 @@ def test_a_change_stops_every_unit_then_starts_them_and_nothing_else_restarts(
 ) -> None:
     script = rendered_step("airflow-start").script
     units = " ".join(SERVICES)
-    node = Node(tmp_path)
+    node = _installed(tmp_path)
     node.file(airflow.RESTART_MARKER)
     ran = node.run(script, _start_stubs())
     assert ran.returncode == 0, ran.stderr
@@ -59,10 +64,12 @@ CONFIG_STUBS = {
 }
 
 
-def _installed(tmp_path: Path) -> Node:
-    """A node after the install step (which makes the marker's directory)."""
+def _installed(tmp_path: Path, venv: str = TARGET) -> Node:
+    """A node after the install step (which makes the marker's directory), its units running
+    from `venv`."""
     node = Node(tmp_path)
     node.dir(str(Path(airflow.RESTART_MARKER).parent))
+    node.path(airflow.VENV).symlink_to(node.dir(venv))
     return node
 
 
@@ -136,7 +143,7 @@ def test_a_changed_config_restarts_the_units_once_and_a_re_run_restarts_nothing(
 def test_start_step_fails_when_a_unit_is_not_active(tmp_path: Path) -> None:
     stubs = {**_start_stubs(),
              "systemctl": [Answer("is-active --quiet airflow-triggerer", status=3), Answer()]}
-    ran = Node(tmp_path).run(rendered_step("airflow-start").script, stubs)
+    ran = _installed(tmp_path).run(rendered_step("airflow-start").script, stubs)
     assert ran.returncode == 1
     assert "airflow-triggerer is not active" in ran.stderr
     assert "systemctl status --no-pager airflow-triggerer" in ran.of("systemctl")
@@ -147,15 +154,14 @@ def test_start_step_refuses_the_ui_or_flower_beyond_the_mesh(
     tmp_path: Path, exposed: str
 ) -> None:
     listeners = f"LISTEN 0 128 10.42.0.1:8080 0.0.0.0:*\nLISTEN 0 128 {exposed} 0.0.0.0:*\n"
-    ran = Node(tmp_path).run(rendered_step("airflow-start").script, _start_stubs(listeners))
+    ran = _installed(tmp_path).run(rendered_step("airflow-start").script, _start_stubs(listeners))
     assert ran.returncode == 1
     assert f"Airflow listens beyond the mesh: {exposed}" in ran.stderr
 
 
 # --- install: the venv from the lock file, again only when the lock changed ------------------
 
-LOCK = f"{airflow.AIRFLOW_HOME}/requirements-3.3.2-py313.txt"
-PIP = f"{airflow.VENV}/bin/pip"
+PIP = f"{TARGET}/bin/pip"
 
 
 def _install_stubs(pip: list[Answer]) -> dict:
@@ -164,8 +170,8 @@ def _install_stubs(pip: list[Answer]) -> dict:
         "getent": Answer(),  # the account is there (made by the DAG sync step)
         "id": Answer(stdout="50000\n"),
         PIP: pip,
-        f"{airflow.VENV}/bin/python": Answer(),  # the venv exists from an earlier run
-        f"{airflow.VENV}/bin/airflow": Answer("version", stdout="3.3.2\n"),
+        f"{TARGET}/bin/python": Answer(),  # the venv exists from an earlier run
+        f"{TARGET}/bin/airflow": Answer("version", stdout="3.3.2\n"),
     }
 
 
@@ -180,12 +186,53 @@ def test_install_reinstalls_the_venv_only_when_the_lock_changed(
     assert ran.returncode == 0, ran.stderr
     install = f"{PIP} install -q --require-hashes --no-deps -r {LOCK}"
     assert ran.of(PIP, "sleep") == [install, "sleep 5", install, f"{PIP} check"]
-    assert node.path(airflow.RESTART_MARKER).exists()
-    node.path(airflow.RESTART_MARKER).unlink()
+    # A first install: nothing runs yet, the venv link points at it at once.
+    assert node.path(airflow.VENV).readlink() == node.path(TARGET)
+    assert not node.path(airflow.RESTART_MARKER).exists()
     # The same lock again: no pip, no restart.
     ran = node.run(step.script, _install_stubs([Answer()]), present=True)
     assert ran.returncode == 0, ran.stderr
     assert ran.of(PIP) == [] and not node.path(airflow.RESTART_MARKER).exists()
+
+
+def test_a_new_lock_is_built_beside_the_running_venv_which_stays(tmp_path: Path) -> None:
+    node = _installed(tmp_path, venv=f"{airflow.VENVS_DIR}/3.3.1-0123456789abcdef")
+    running = node.file(f"{airflow.VENVS_DIR}/3.3.1-0123456789abcdef/bin/airflow", "old")
+    ran = node.run(rendered_step("airflow-install").script, _install_stubs([Answer()]))
+    assert ran.returncode == 0, ran.stderr
+    assert f"{PIP} check" in ran.of(PIP)
+    # Not switched: the running units keep their venv until airflow-start stops them.
+    assert node.path(airflow.VENV).readlink() == running.parent.parent
+    assert running.read_text() == "old"
+    assert not [c for c in ran.of("systemctl")]
+
+
+@pytest.mark.parametrize("before", ["older-venv", "unversioned-directory"])
+def test_start_switches_the_venv_while_the_units_are_stopped_and_keeps_one_back(
+    tmp_path: Path, before: str
+) -> None:
+    previous = f"{airflow.VENVS_DIR}/3.3.1-0123456789abcdef"
+    oldest = f"{airflow.VENVS_DIR}/3.3.0-fedcba9876543210"
+    if before == "older-venv":
+        node = _installed(tmp_path, venv=previous)
+    else:  # what the code before versioned venvs left: a directory
+        node = Node(tmp_path)
+        node.dir(str(Path(airflow.RESTART_MARKER).parent))  # made by the install step
+        node.file(f"{airflow.VENV}/bin/airflow", "unversioned")
+    node.dir(TARGET), node.dir(oldest), node.dir(previous)
+    # The link is switched between the stops and the start (the stub records it).
+    seen = f'readlink "$ROOT{airflow.VENV}" >> "$ROOT/venv-at-start"'
+    stubs = {**_start_stubs(), "systemctl": [Answer("start airflow-api-server *", run=seen),
+                                             Answer()]}
+    ran = node.run(rendered_step("airflow-start").script, stubs)
+    assert ran.returncode == 0, ran.stderr
+    units = " ".join(SERVICES)
+    assert _actions(ran) == ["stop airflow-worker", f"stop {units}", f"start {units}"]
+    assert node.path("/venv-at-start").read_text().strip() == str(node.path(TARGET))
+    kept = {p.name for p in node.path(airflow.VENVS_DIR).iterdir()}
+    assert kept == ({Path(TARGET).name, Path(previous).name} if before == "older-venv"
+                    else {Path(TARGET).name})
+    assert not node.path(airflow.RESTART_MARKER).exists()
 
 
 def test_install_that_keeps_failing_ends_the_step_and_marks_nothing(
@@ -196,7 +243,7 @@ def test_install_that_keeps_failing_ends_the_step_and_marks_nothing(
     assert ran.returncode == 1
     assert len(ran.of(PIP)) == 3 and "giving up:" in ran.stderr
     assert not node.path(airflow.RESTART_MARKER).exists()
-    assert not node.path(f"{airflow.VENV}/.airflow-ha-lock.sha256").exists()
+    assert not node.path(f"{TARGET}/.airflow-ha-lock.sha256").exists()
 
 
 # --- the schema migration and the admin user --------------------------------------------------
@@ -208,11 +255,24 @@ def test_migration_is_retried_after_a_failover_then_the_admin_is_made(
     migrate = rendered_step("airflow-db-migrate")  # run once, from the first node
     stubs = {"airflow": [Answer("db migrate", status=1, times=1), Answer("db migrate"),
                          Answer("users create *", stdout="User admin created")]}
-    ran = Node(tmp_path).run(migrate.script, stubs)
+    ran = Node(tmp_path).run(migrate.script, stubs, stdin_of=["airflow"])
     assert ran.returncode == 0, ran.stderr
     calls = ran.of("airflow", "sleep")
     assert calls[:3] == ["airflow db migrate", "sleep 5", "airflow db migrate"]
-    assert calls[3].startswith("airflow users create --username admin --password ")
-    assert calls[3].endswith(" --role Admin --firstname Airflow --lastname Admin "
-                             "--email admin@airflow-ha.invalid")
+    # The password is no argument (ps shows argv to every user): the command's two prompts
+    # read it from stdin.
+    assert calls[3] == ("airflow users create --username admin --role Admin --firstname Airflow "
+                        "--lastname Admin --email admin@airflow-ha.invalid")
+    password = Engine().secret_value("airflow-admin-password", "password", {"length": 24})
+    (create,) = [c for c in ran.calls if c.name == "airflow" and c.args[:2] == ("users", "create")]
+    assert create.stdin == f"{password}\n{password}"
+    assert all(password not in " ".join(c.args) for c in ran.calls)
     assert "created admin user admin" in ran.stdout
+
+
+def test_an_existing_admin_is_left_alone(tmp_path: Path) -> None:
+    migrate = rendered_step("airflow-db-migrate")
+    exists = "admin already exist in the db"  # FAB's words
+    ran = Node(tmp_path).run(migrate.script, {"airflow": Answer("users create *", stdout=exists)})
+    assert ran.returncode == 0, ran.stderr
+    assert "admin user admin exists" in ran.stdout

@@ -30,6 +30,9 @@ def _file(step: Step, path: str) -> str:
     return content
 
 
+FORMATION = "/etc/rabbitmq/conf.d/10-airflow-ha-cluster-formation.conf"
+
+
 def parse_rabbitmq_conf(text: str) -> dict[str, str]:
     """rabbitmq.conf (sysctl-like `key = value`): every line a comment, blank or a setting."""
     settings: dict[str, str] = {}
@@ -67,6 +70,11 @@ def test_rabbitmq_conf_listens_on_the_mesh_and_lists_the_whole_cluster(local) ->
     mesh = _mesh(outputs)
     for node, step in _steps(engine, "rabbitmq-install").items():
         conf = parse_rabbitmq_conf(_file(step, "/etc/rabbitmq/rabbitmq.conf"))
+        # The peer list in conf.d (read after rabbitmq.conf): its change restarts nothing.
+        formation = parse_rabbitmq_conf(_file(step, FORMATION))
+        assert not set(conf) & set(formation)
+        assert all(k.startswith("cluster_formation.") for k in formation)
+        conf |= formation
         assert conf["listeners.tcp.1"] == f"{mesh[node]}:5672"
         assert not any(k.startswith(("listeners.ssl", "listeners.tcp.default")) for k in conf)
         assert conf["management.tcp.ip"] == mesh[node]
@@ -86,7 +94,8 @@ def test_rabbitmq_conf_defaults_consumer_timeout_to_one_day(values, deploy) -> N
     for step in _steps(engine, "rabbitmq-install").values():
         conf = parse_rabbitmq_conf(_file(step, "/etc/rabbitmq/rabbitmq.conf"))
         assert conf["consumer_timeout"] == str(24 * 3600 * 1000)
-        assert conf["cluster_formation.classic_config.nodes.1"] == "rabbit@fsn"
+        formation = parse_rabbitmq_conf(_file(step, FORMATION))
+        assert formation["cluster_formation.classic_config.nodes.1"] == "rabbit@fsn"
 
 
 def _source_env(path, tmp_path) -> dict[str, str]:

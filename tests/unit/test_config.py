@@ -53,8 +53,12 @@ def _node(index: int, **changes: Any) -> list[Any]:
 
 def _static(index: int, **changes: Any) -> list[Any]:
     """dev's nodes with node `index` turned into a static one (plus changes)."""
-    fields = {"cloud": "static", "host": f"203.0.113.{10 + index}", "location": DROP, "size": DROP}
+    fields = {"cloud": "static", "host": f"203.0.113.{10 + index}", "location": DROP, "size": DROP,
+              "hostKey": HOST_KEY}
     return _node(index, **{**fields, **changes})
+
+
+HOST_KEY = fake_ssh_public_key("host").rsplit(" ", 1)[0]
 
 
 def _many(count: int) -> list[dict[str, Any]]:
@@ -148,6 +152,16 @@ BAD_CONFIGS: list[tuple[str, dict[str, Any], str, str]] = [
     ("meshIndex a boolean", _dev(nodes=_node(0, meshIndex=True)), "nodes[0].meshIndex",
      "whole number"),
     # --- static nodes: what lands in SSH, wg0.conf and firewall rules ------------------------
+    ("static without host key", _dev(nodes=_static(0, hostKey=DROP)), "nodes[0].hostKey",
+     "missing"),
+    ("host key of another type", _dev(nodes=_static(0, hostKey="ssh-rsa AAAAB3NzaC1yc2E=")),
+     "nodes[0].hostKey", "not an ssh-ed25519 public key"),
+    ("host key cut short", _dev(nodes=_static(0, hostKey=HOST_KEY[:40])), "nodes[0].hostKey",
+     "not an ssh-ed25519 public key"),
+    ("host key not base64", _dev(nodes=_static(0, hostKey="ssh-ed25519 !!!")),
+     "nodes[0].hostKey", "not an ssh-ed25519 public key"),
+    ("cloud host key bad", _dev(nodes=_node(0, hostKey="AAAA")), "nodes[0].hostKey",
+     "not an ssh-ed25519 public key"),
     ("static without host", _dev(nodes=_static(0, host=DROP)), "nodes[0].host", "missing"),
     ("host empty", _dev(nodes=_static(0, host="")), "nodes[0].host", "empty"),
     ("host injects a wg0.conf hook",
@@ -516,3 +530,33 @@ def test_servers_are_protected_unless_the_stack_says_otherwise() -> None:
     assert parse_config(_dev(protectServers="false")).protect_servers is False
     assert parse_config(stack_values("prod"), stack="prod").protect_servers is True
     assert parse_config(stack_values("staging"), stack="staging").protect_servers is True
+
+
+@pytest.mark.parametrize(
+    ("parameters", "message"),
+    [
+        ({"Shared Buffers": "1GB"}, "postgresParameters.Shared Buffers: 'Shared Buffers' is not a "
+         "PostgreSQL setting's name"),
+        ({"work_mem": "64MB; DROP"}, "postgresParameters.work_mem: the text '64MB; DROP' is not "
+         "a plain PostgreSQL value. Fix: write a number"),
+        ({"port": 5433}, "postgresParameters.port: is set by Patroni or the program itself. "
+         "Fix: remove it"),
+        ("shared_buffers=1GB", "postgresParameters: expected a mapping"),
+    ],
+)
+def test_postgres_parameters_refuse_names_and_values_that_are_not_plain(
+    parameters: Any, message: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(_dev(postgresParameters=parameters), stack="dev")
+    assert message in str(err.value)
+
+
+def test_postgres_parameters_are_parsed_to_plain_values() -> None:
+    cfg = parse_config(
+        _dev(postgresParameters={"shared_buffers": "512MB", "max_connections": "400",
+                                 "jit": False, "auto_explain.log_min_duration": "250ms"}),
+        stack="dev",
+    )
+    assert cfg.postgres_parameters == {"shared_buffers": "512MB", "max_connections": 400,
+                                       "jit": "off", "auto_explain.log_min_duration": "250ms"}

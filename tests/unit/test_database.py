@@ -58,11 +58,19 @@ def test_etcd_is_a_static_cluster_of_all_nodes_on_the_mesh(local) -> None:
             "http://127.0.0.1:2379",
         ]
         assert env["ETCD_ADVERTISE_CLIENT_URLS"] == f"http://{me}:2379"
-        assert env["ETCD_INITIAL_CLUSTER"] == ",".join(
+        # The bootstrap-only settings in their own file (their change restarts nothing); the
+        # unit reads it after /etc/default/etcd.
+        assert not any(k.startswith("ETCD_INITIAL_CLUSTER") for k in env)
+        boot = _env(_file(step, "/etc/default/etcd-bootstrap"))
+        assert boot["ETCD_INITIAL_CLUSTER"] == ",".join(
             f"{name}=http://{addr}:2380" for name, addr in mesh.items()
         )
-        assert env["ETCD_INITIAL_CLUSTER_STATE"] == "new"
-        assert env["ETCD_INITIAL_CLUSTER_TOKEN"] == "airflow-ha-local"
+        assert boot["ETCD_INITIAL_CLUSTER_STATE"] == "new"
+        assert boot["ETCD_INITIAL_CLUSTER_TOKEN"] == "airflow-ha-local"
+        dropin = _file(step, "/etc/systemd/system/etcd.service.d/airflow-ha.conf")
+        files = [line.split("=", 1)[1] for line in dropin.splitlines()
+                 if line.startswith("EnvironmentFile=")]
+        assert files == ["-/etc/default/etcd-bootstrap", "-/var/lib/etcd/airflow-ha.rejoin.env"]
 
 
 def _patroni(engine) -> dict[str, dict]:
@@ -257,7 +265,12 @@ def test_haproxy_cfg_passes_haproxy_check(local, tmp_path) -> None:
     engine, _, _ = local
     for node, step in _steps(engine, "haproxy").items():
         path = tmp_path / f"{node}.cfg"
-        path.write_text(_file(step, "/etc/haproxy/haproxy.cfg"))
+        # The server-state file as the haproxy step leaves it before the first reload.
+        state = tmp_path / "server-state"
+        state.write_text("1\n")
+        config = _file(step, "/etc/haproxy/haproxy.cfg")
+        assert "server-state-file /var/lib/haproxy/server-state" in config
+        path.write_text(config.replace("/var/lib/haproxy/server-state", str(state)))
         result = subprocess.run(
             ["haproxy", "-c", "-V", "-f", str(path)], capture_output=True, text=True
         )

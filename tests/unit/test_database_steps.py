@@ -156,19 +156,32 @@ def test_etcd_member_whose_data_dir_was_lost_is_removed_and_added_again(
     assert not node.path(ETCD_PACKAGE_DATA_DIR).exists()
 
 
-@pytest.mark.parametrize("config_changed", [False, True])
-def test_etcd_member_is_never_wiped(tmp_path: Path, config_changed: bool) -> None:
+ETCD_FILES = ["/etc/default/etcd", "/etc/default/etcd-bootstrap",
+              "/etc/systemd/system/etcd.service.d/airflow-ha.conf"]
+ETCD_MARK = "/var/lib/airflow-ha/restart/etcd"
+
+
+@pytest.mark.parametrize(
+    ("changed", "marked"),
+    [(None, False), ("/etc/default/etcd", True), ("/etc/default/etcd-bootstrap", False),
+     ("/etc/systemd/system/etcd.service.d/airflow-ha.conf", True)],
+    ids=["unchanged", "runtime-setting", "bootstrap-only", "drop-in"],
+)
+def test_etcd_member_is_never_wiped_and_a_change_only_marks_a_restart(
+    tmp_path: Path, changed: str | None, marked: bool
+) -> None:
     node = Node(tmp_path)
     node.file(JOINED)
     data = node.file(f"{ETCD_DATA_DIR}/member/snap/db", "cluster data")
     stubs = _etcd_stubs(local=[Answer("member list", stdout=FORMED)], peers=[])
-    present = ["/etc/systemd/system/etcd.service.d/airflow-ha.conf"]
-    if not config_changed:
-        present.append("/etc/default/etcd")
+    present = [f for f in ETCD_FILES if f != changed]
     ran = node.run(rendered_step("etcd").script, stubs, present=present)
     assert ran.returncode == 0, ran.stderr
-    started = "restart --no-block etcd" if config_changed else "start --no-block etcd"
-    assert ran.of("systemctl") == ["systemctl enable etcd", f"systemctl {started}"]
+    reload = ["systemctl daemon-reload"] if changed and changed.endswith(".conf") else []
+    # Never a restart here: the etcd-restart step does it, one member at a time.
+    assert ran.of("systemctl") == [*reload, "systemctl enable etcd",
+                                   "systemctl start --no-block etcd"]
+    assert node.path(ETCD_MARK).exists() is marked
     assert data.read_text() == "cluster data"
     assert not [c for c in _etcd(ran) if c.startswith("peers:")]
 

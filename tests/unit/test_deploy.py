@@ -23,10 +23,12 @@ from tests.conftest import LOCAL_PUBLIC_KEY, stack_values
 from tools import deploy
 from tools.engine import (
     Engine,
+    fake_host_keys,
     fake_ssh_private_key,
     fake_ssh_public_key,
     parse_step,
     stack_path,
+    with_host_keys,
 )
 
 STACK = "local"
@@ -262,6 +264,7 @@ def test_target_runs_exactly_the_targets_and_with_dependents_what_follows(values
     assert {name for name, _ in several.ran} == {
         "node-b-rabbitmq-install",
         "node-b-rabbitmq-cluster",
+        "node-b-rabbitmq-restart",
         "node-b-rabbitmq-check",
         "node-c-dag-sync",
         "node-a-base",
@@ -307,6 +310,8 @@ def _stack_file(tmp_path: Path) -> Path:
     data = yaml.safe_load(stack_path(STACK).read_text())
     data["config"]["airflow-ha:sshPrivateKey"] = fake_ssh_private_key(LOCAL_PUBLIC_KEY)
     data["config"]["airflow-ha:sshPublicKey"] = LOCAL_PUBLIC_KEY
+    nodes = {"nodes": data["config"]["airflow-ha:nodes"]}
+    data["config"]["airflow-ha:nodes"] = with_host_keys(nodes, fake_host_keys(nodes))["nodes"]
     path = tmp_path / "Pulumi.t.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -346,3 +351,95 @@ def test_the_replace_on_changes_list_matches_the_installed_sdk() -> None:
 def test_target_patterns(pattern: str, hit: bool) -> None:
     urn = "urn:pulumi:s::p::a:b:C$command:remote:Command::n-1"
     assert deploy.target_matches(pattern, "n-1", urn) is hit
+
+
+def test_state_and_step_logs_are_private_whatever_the_umask(values, tmp_path, ssh) -> None:
+    """The state holds every generated secret, a log what a step printed: 0600 in 0700
+    folders, a folder made before tightened, an older wider file narrowed."""
+    import os
+
+    top = tmp_path / "deploy-state"
+    top.mkdir(mode=0o755)
+    top.chmod(0o755)
+    (top / "local.json").write_text('{"secrets": {}, "steps": {}}')
+    (top / "local.json").chmod(0o644)
+    old = os.umask(0o022)
+    try:
+        state = deploy.DeployState(top / "local.json")
+        logs = top / "local" / "logs"
+        engine = deploy.DeployEngine(state, False, None, logs, verbose=False)
+        deploy.run(engine, values(STACK), STACK)
+    finally:
+        os.umask(old)
+    written = [top / "local.json", *logs.iterdir()]
+    assert len(written) > 10 and state.data["secrets"]  # the secrets and every step's log
+    for path in written:
+        assert path.stat().st_mode & 0o777 == 0o600, path
+    for folder in (top, top / "local", logs):
+        assert folder.stat().st_mode & 0o777 == 0o700, folder
+
+
+def test_ssh_checks_the_pinned_host_key_strictly(tmp_path, monkeypatch) -> None:
+    """tools.deploy's ssh: StrictHostKeyChecking=yes against a known_hosts file (0600, beside
+    the state) holding each connection's hostKey, which ssh-keygen finds for that host."""
+    import shutil
+
+    seen: list[list[str]] = []
+    real_run = subprocess.run
+
+    def fake_run(command, **kwargs):
+        seen.append(command)
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(deploy.subprocess, "run", fake_run)
+    state = deploy.DeployState(tmp_path / "state" / "local.json")
+    engine = deploy.DeployEngine(state, False, None, tmp_path / "logs", verbose=False)
+    key = fake_ssh_public_key("host-node-a").rsplit(" ", 1)[0]
+    for port in (22, 2222):
+        conn = {"host": "172.31.77.11", "port": port, "user": "root", "privateKey": "K",
+                "hostKey": key}
+        engine._ssh(conn, "bash", "script")
+    options = [seen[0][i + 1] for i, arg in enumerate(seen[0]) if arg == "-o"]
+    known = tmp_path / "state" / "local.known_hosts"
+    assert "StrictHostKeyChecking=yes" in options and f"UserKnownHostsFile={known}" in options
+    assert "StrictHostKeyChecking=no" not in options
+    assert known.stat().st_mode & 0o777 == 0o600
+    assert known.read_text() == f"172.31.77.11 {key}\n[172.31.77.11]:2222 {key}\n"
+    if shutil.which("ssh-keygen"):
+        found = real_run(
+            ["ssh-keygen", "-F", "172.31.77.11", "-f", str(known)], capture_output=True, text=True
+        )
+        assert found.returncode == 0 and key.split()[1] in found.stdout
+    with pytest.raises(RuntimeError, match="hostKey"):
+        engine._ssh({"host": "203.0.113.9", "privateKey": "K"}, "bash", "script")
+
+
+def test_the_local_stack_takes_the_machines_host_keys(tmp_path, monkeypatch) -> None:
+    """The keys the local cloud generated into the disks become the nodes' hostKey."""
+    import shutil
+
+    from tools.localcloud import machines
+
+    if shutil.which("ssh-keygen") is None:
+        pytest.skip("no ssh-keygen here")
+    for machine in machines.MACHINES:
+        upper = tmp_path / machine.name / "upper"
+        (upper / "etc" / "ssh").mkdir(parents=True)
+        subprocess.run(["ssh-keygen", "-q", "-A", "-f", str(upper)], check=True)
+    keys = machines.host_keys(tmp_path)
+    assert len(set(keys.values())) == 3
+    assert all(k.startswith("ssh-ed25519 AAAA") and len(k.split()) == 2 for k in keys.values())
+    machines.write_known_hosts(tmp_path / "known_hosts", tmp_path)
+    text = (tmp_path / "known_hosts").read_text()
+    assert text.count("\n") == 3 and (tmp_path / "known_hosts").stat().st_mode & 0o777 == 0o600
+    key_file = tmp_path / "id"
+    key_file.write_text("k")
+    (tmp_path / "id.pub").write_text(LOCAL_PUBLIC_KEY)
+    monkeypatch.setattr(machines, "SSH_KEY_PATH", key_file)
+    monkeypatch.setattr(deploy, "host_keys", lambda: keys)
+    values = deploy.local_stack_values(stack_values(STACK) | {"nodes": _committed_nodes()})
+    assert {n["name"]: n["hostKey"] for n in values["nodes"]} == keys
+
+
+def _committed_nodes() -> list[dict]:
+    return yaml.safe_load(stack_path(STACK).read_text())["config"]["airflow-ha:nodes"]

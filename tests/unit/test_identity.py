@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import stack_values
-from tools.engine import Engine, fake_public_key, run_program
+from tools.engine import Engine, fake_host_keys, fake_public_key, run_program, with_host_keys
 
 
 def _render(values: dict[str, Any], stack: str) -> dict[str, Any]:
@@ -44,7 +44,7 @@ def _five_static(skip: tuple[int, ...] = ()) -> dict[str, Any]:
         for i, c in enumerate("abcde")
         if i not in skip
     ]
-    return values
+    return with_host_keys(values, fake_host_keys(values))
 
 
 def _steps_by_name(made: dict[str, Any]) -> dict[str, str]:
@@ -64,7 +64,7 @@ REMOVED_MARK = re.compile(
 # file (a digest), not from one node.
 DERIVED = re.compile(
     r"member_count|-member cluster|-eq \d+|classic_config\.nodes\.\d+ = rabbit@"
-    r"|^# What the units run with|^\s*$"
+    r"|^# What the units run with|^# Digest of |^\s*$"
     # The monitoring tier's: its rules' and check's expected member and target counts.
     r"|(running_nodes|cluster_members) < \d+|^(node_count|expected_targets)=\d+$"
 )

@@ -151,12 +151,29 @@ def test_what_is_ignored_is_a_real_input_of_the_server(values, deploy, stack: st
     """An ignore_changes entry that names no input (a typo, a provider rename) ignores
     nothing, silently."""
     engine, _ = deploy(values(stack), stack=stack)
-    expected = {HCLOUD_SERVER: {"image", "sshKeys"}, AWS_INSTANCE: {"ami", "keyName"}}
-    assert len(HCLOUD_SERVER_IGNORED) == len(AWS_INSTANCE_IGNORED) == 2
+    expected = {
+        HCLOUD_SERVER: {"image", "sshKeys", "userData"},
+        AWS_INSTANCE: {"ami", "keyName", "userData"},
+    }
+    assert len(HCLOUD_SERVER_IGNORED) == len(AWS_INSTANCE_IGNORED) == 3
     for server in _by_key(engine, SERVERS).values():
         ignored = set(engine.options_of(server).ignore_changes)
         assert ignored == expected[server.type]
         assert ignored <= set(server.inputs), server.name
+
+
+@pytest.mark.parametrize("stack", CLOUD_STACKS)
+def test_a_server_made_before_host_keys_replaces_nothing(values, deploy, stack: str) -> None:
+    """The first `pulumi up` after host keys came: an existing server's state has no user
+    data, the program now passes one; only ignored inputs differ, so no server is replaced."""
+    engine, _ = deploy(values(stack), stack=stack)
+    for server in _by_key(engine, SERVERS).values():
+        before = Registered(server.type, server.name, dict(server.inputs), {}, 0)
+        del before.inputs["userData"]
+        changed = _changed(before, server)
+        assert changed == {"userData"}
+        assert changed <= set(engine.options_of(server).ignore_changes)
+        assert "userData" in server.secret_inputs  # the private host key inside
 
 
 @pytest.mark.parametrize("stack", CLOUD_STACKS)

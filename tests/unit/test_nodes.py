@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import pytest
 
-from tools.engine import Engine
+from tools.engine import Engine, parse_step
 
 PEER_UDP = "51820"
 
@@ -132,3 +133,46 @@ def test_base_step_is_valid_bash(values, deploy, stack, tmp_path) -> None:
     script.write_text(base[0].script)
     subprocess.run(["bash", "-n", str(script)], check=True)
     assert "PasswordAuthentication no" in base[0].files[0][3]
+
+
+@pytest.mark.parametrize("stack", ["dev", "staging", "prod", "local"])
+def test_every_step_checks_the_host_key_the_server_was_given(values, deploy, stack) -> None:
+    """A cloud server's user data holds the private host key whose public half every step's
+    connection pins (ssh-keygen reads it back); a static node's comes from its hostKey."""
+    import shutil
+    import tempfile
+
+    import yaml
+
+    engine, _ = deploy(values(stack), stack=stack)
+    pinned = {}
+    for step in engine.of_type("command:remote:Command"):
+        node = parse_step(step.inputs["stdin"]).node
+        key = step.inputs["connection"]["hostKey"]
+        assert key.startswith("ssh-ed25519 AAAA") and len(key.split()) == 2
+        assert pinned.setdefault(node, key) == key  # one key per node, every step
+    assert len(set(pinned.values())) == 3
+    servers = [
+        r for r in engine.resources
+        if r.type in ("hcloud:index/server:Server", "aws:ec2/instance:Instance")
+    ]
+    for server in servers:
+        cloud_config = yaml.safe_load(server.inputs["userData"])
+        assert cloud_config["ssh_genkeytypes"] == [] and cloud_config["ssh_deletekeys"] is True
+        public = cloud_config["ssh_keys"]["ed25519_public"]
+        assert public.split()[:2] == pinned[server.name].split()
+        if shutil.which("ssh-keygen"):
+            with tempfile.NamedTemporaryFile("w") as f:
+                f.write(cloud_config["ssh_keys"]["ed25519_private"])
+                f.flush()
+                os.chmod(f.name, 0o600)
+                derived = subprocess.run(
+                    ["ssh-keygen", "-y", "-f", f.name], capture_output=True, text=True
+                )
+            assert derived.stdout.split()[:2] == pinned[server.name].split()
+    nodes = values(stack)["nodes"]
+    statics = {
+        n["name"]: " ".join(n["hostKey"].split()[:2]) for n in nodes if n["cloud"] == "static"
+    }
+    assert {n: pinned[n] for n in statics} == statics
+    assert len(servers) + len(statics) == 3

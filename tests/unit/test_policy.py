@@ -8,6 +8,7 @@ with the inputs in the engine's wire form, secrets marked as the engine marks th
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -513,3 +514,127 @@ def test_the_pack_serves_its_policies_over_grpc():
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+# --- issue 13: the pack's blind spots ---------------------------------------------------------
+
+
+def test_a_default_security_group_is_read_like_any_other():
+    default_sg = pack.AWS_DEFAULT_SECURITY_GROUP
+    open_db = sg(sg_rule("tcp", 5432, 5432, "0.0.0.0/0"))
+    found = names(Analyzer().violations(default_sg, open_db))
+    assert "public-ingress-allowlist" in found and "cluster-ports-mesh-only" in found
+    closed = sg(sg_rule("tcp", 22, 22, ADMIN))
+    assert Analyzer().violations(default_sg, closed) == []
+
+
+def _component_ports() -> set[int]:
+    """Every port constant the program's tiers listen on (components/*.py: `*_PORT = n` and
+    `*_PORTS = range(...)`), but the two public ones."""
+    import components.airflow
+    import components.broker
+    import components.dag_sync
+    import components.database
+
+    ports: set[int] = set()
+    for module in (components.airflow, components.broker, components.dag_sync, components.database):
+        for name, value in vars(module).items():
+            if name.endswith("_PORT") and isinstance(value, int):
+                ports.add(value)
+            elif name.endswith("_PORTS") and isinstance(value, range):
+                ports.update(value)
+    return ports - {443, 51820}
+
+
+def test_every_port_of_the_program_is_a_cluster_port():
+    ports = _component_ports()
+    assert {7000, 4369, 25672, 35672, 35682} <= ports  # not vacuous: HAProxy stats, CLI ports
+    assert ports - set(pack.CLUSTER_PORTS) == set()
+
+
+def test_the_cli_distribution_range_is_named_once():
+    found = Analyzer().violations(FW, firewall(fw_rule("tcp", "35000-36000", ADMIN)))
+    message = dict(found)["cluster-ports-mesh-only"]
+    assert "35672-35682 (RabbitMQ CLI distribution)" in message
+
+
+@pytest.mark.parametrize(
+    "attached",
+    [
+        {"networkInterfaces": [{"networkInterfaceId": "eni-1", "deviceIndex": 0}]},
+        {"primaryNetworkInterface": {"networkInterfaceId": "eni-1"}},
+        {"networkInterfaces": UNKNOWN_ARRAY},
+    ],
+)
+def test_an_instance_with_its_groups_on_a_network_interface_is_fine(attached):
+    instance = {"ami": "ami-1", "instanceType": "t3.large", **attached}
+    assert Analyzer().violations(pack.AWS_INSTANCE, instance) == []
+
+
+def test_a_network_interface_needs_a_security_group():
+    eni = {"subnetId": "subnet-1"}
+    found = Analyzer().violations(pack.AWS_NETWORK_INTERFACE, eni)
+    assert names(found) == ["server-has-firewall"]
+    assert (
+        Analyzer().violations(pack.AWS_NETWORK_INTERFACE, {**eni, "securityGroups": ["sg-1"]}) == []
+    )
+
+
+PRIVATE_KEY = (
+    "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n"
+    "-----END OPENSSH PRIVATE KEY-----\n"
+)
+CLOUD_INIT = f"#cloud-config\nssh_keys:\n  ed25519_private: |\n    {PRIVATE_KEY}"
+
+
+@pytest.mark.parametrize(
+    ("typ", "plain_props", "path"),
+    [
+        (CMD, command_props(stdin=f"put_file /root/key 0600 <<'E'\n{PRIVATE_KEY}E\n"), "stdin"),
+        (CMD, command_props(stdin="airflow users create --password Xy7Qw9Lk2Pm4\n"), "stdin"),
+        (CMD, command_props(stdin="s: 'x'\npassword: 'Xy7Qw9Lk2Pm4'\n"), "stdin"),
+        (pack.HCLOUD_SERVER, {"serverType": "cx22", "userData": CLOUD_INIT}, "userData"),
+        (
+            pack.AWS_INSTANCE,
+            {"userDataBase64": base64.b64encode(CLOUD_INIT.encode()).decode()},
+            "userDataBase64",
+        ),
+    ],
+)
+def test_secret_text_in_a_plain_input_is_wrapped_and_passes_as_a_secret(typ, plain_props, path):
+    analyzer = Analyzer()
+    found = analyzer.remediations(typ, plain_props)
+    assert [policy for policy, _ in found] == ["secret-values-encrypted"]
+    fixed = found[0][1]
+    assert fixed[path] == secret(plain_props[path])
+    # the passing case: the same value, a Pulumi secret
+    assert analyzer.remediations(typ, {**plain_props, path: secret(plain_props[path])}) == []
+
+
+def test_a_secret_inputs_value_repeated_in_plain_is_wrapped():
+    password = "generated-Kq3Zr8Vt"
+    props = command_props(
+        environment={"PW": secret(password)}, stdin=f"echo {password} | chpasswd\n"
+    )
+    ((policy, fixed),) = Analyzer().remediations(CMD, props)
+    assert policy == "secret-values-encrypted" and fixed["stdin"] == secret(props["stdin"])
+    # a script that reads it from the environment holds no secret text
+    clean = command_props(environment={"PW": secret(password)}, stdin='echo "$PW" | chpasswd\n')
+    assert Analyzer().remediations(CMD, clean) == []
+
+
+@pytest.mark.parametrize(
+    "create",
+    [
+        "airflow users create --password Xy7Qw9Lk2Pm4",
+        f"bash -c 'echo {PRIVATE_KEY.splitlines()[0]}'",
+        "PGPASSWORD=generated-Kq3Zr8Vt psql",
+    ],
+)
+def test_a_secret_on_a_command_line_is_refused_secret_or_not(create):
+    env = {"PGPASSWORD": secret("generated-Kq3Zr8Vt")}
+    for wrapped in (create, secret(create)):
+        found = Analyzer().violations(CMD, command_props(create=wrapped, environment=env))
+        assert names(found) == ["no-secret-on-command-line"], found
+    fine = command_props(create="bash", environment=env)
+    assert Analyzer().violations(CMD, fine) == []

@@ -76,6 +76,28 @@ def test_put_file_writes_once_and_reports_changes(tmp_path) -> None:
     assert "restart demo" not in second.stdout and "wrote" not in second.stdout
 
 
+@pytest.mark.parametrize("mode", [0o700, 0o750])
+def test_writing_a_file_keeps_its_folders_mode(tmp_path, mode: int) -> None:
+    """As /etc/wireguard (0700) when wg0.conf is written into it; a new folder is 0755."""
+    kept, made = tmp_path / "wireguard", tmp_path / "new" / "folder"
+    kept.mkdir(mode=mode)
+    kept.chmod(mode)
+    owner = f"{_uid()}:{_gid()}"
+    files = [
+        remote.RemoteFile(str(kept / "wg0.conf"), "[Interface]\n", mode="0600", owner=owner),
+        remote.RemoteFile(str(made / "x.conf"), "x\n", owner=owner),
+    ]
+    script = remote._assemble("demo", "local", files, ["[Interface]\n", "x\n"], "", [])
+    for _ in range(2):  # written, then unchanged
+        done = subprocess.run(
+            ["bash", "-c", remote.RUN_SCRIPT], input=script, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        assert kept.stat().st_mode & 0o777 == mode
+        assert (kept / "wg0.conf").stat().st_mode & 0o777 == 0o600
+        assert made.stat().st_mode & 0o777 == 0o755
+
+
 def test_commands_inside_a_step_cannot_eat_the_script(tmp_path) -> None:
     body = "cat > /dev/null\necho still-running\n"  # a command reading stdin
     script = remote._assemble("demo", "local", [], [], body, [])

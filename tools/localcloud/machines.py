@@ -5,6 +5,9 @@ Other code (tests, the deploy's local stack) imports these constants instead of 
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,17 +44,60 @@ SSH_KEY_PATH = STATE_DIR / "id_ed25519"
 CACHE_DIR = Path("/var/cache/airflow-ha")
 BASE_DIR = CACHE_DIR / "trixie-base"
 
+MACHINES_DIR = STATE_DIR / "machines"
+# The machines' host keys, as ssh checks them (written from their disks by write_known_hosts).
+KNOWN_HOSTS = STATE_DIR / "known_hosts"
+HOST_KEY_FILE = "etc/ssh/ssh_host_ed25519_key.pub"
+
 SSH_USER = "root"
-SSH_OPTIONS: tuple[str, ...] = (
+# Every host key is checked (tools.deploy adds its own known_hosts file to these; ssh takes the
+# first value of an option, so the file is not part of them).
+SSH_CHECK_OPTIONS: tuple[str, ...] = (
     "-o",
-    "StrictHostKeyChecking=no",
+    "StrictHostKeyChecking=yes",
     "-o",
-    "UserKnownHostsFile=/dev/null",
+    "HostKeyAlgorithms=ssh-ed25519",
     "-o",
     "LogLevel=ERROR",
     "-o",
     "BatchMode=yes",
 )
+# The machines' own: the disk's key, made before the first boot.
+SSH_OPTIONS = (*SSH_CHECK_OPTIONS, "-o", f"UserKnownHostsFile={KNOWN_HOSTS}")
+
+
+def host_keys(machines_dir: Path = MACHINES_DIR) -> dict[str, str]:
+    """Each machine's ed25519 host key (`ssh-ed25519 AAAA...`), read from its disk, where
+    the disk's creation generated it before the first boot (runtime.create_disk); a machine
+    without a disk is left out."""
+    keys = {}
+    for machine in MACHINES:
+        path = machines_dir / machine.name / "upper" / HOST_KEY_FILE
+        if path.exists():
+            keys[machine.name] = " ".join(path.read_text(encoding="utf-8").split()[:2])
+    return keys
+
+
+def known_hosts_lines(hosts: Mapping[tuple[str, int], str]) -> str:
+    """known_hosts text: one `host key` line per (host, port) (`[host]:port` off port 22)."""
+    return "".join(
+        f"{host if port == 22 else f'[{host}]:{port}'} {key}\n"
+        for (host, port), key in sorted(hosts.items())
+    )
+
+
+def write_known_hosts(path: Path = KNOWN_HOSTS, machines_dir: Path = MACHINES_DIR) -> None:
+    """(Re)write the local cloud's known_hosts from the disks (0600); no disks: nothing."""
+    keys = host_keys(machines_dir)
+    if not keys:
+        return
+    text = known_hosts_lines({(m.address, 22): keys[m.name] for m in MACHINES if m.name in keys})
+    if path.exists() and path.read_text(encoding="utf-8") == text:
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        f.write(text)
+    tmp.replace(path)
 
 
 def by_name(name: str) -> Machine:
@@ -64,7 +110,10 @@ def by_name(name: str) -> Machine:
 
 
 def ssh_command(machine: Machine, *command: str, connect_timeout: int = 5) -> list[str]:
-    """The ssh argv that runs ``command`` as root on ``machine`` with the tool's key."""
+    """The ssh argv that runs ``command`` as root on ``machine`` with the tool's key, checking
+    the machine's host key (known_hosts refreshed from the disks, cheap: three small files)."""
+    with contextlib.suppress(OSError):  # not root: ssh then says the host key is unknown
+        write_known_hosts()
     return [
         "ssh",
         "-i",

@@ -19,6 +19,7 @@ from .machines import (
     BASE_DIR,
     BRIDGE,
     GATEWAY,
+    MACHINES_DIR,
     PREFIX_LENGTH,
     SSH_KEY_PATH,
     STATE_DIR,
@@ -28,13 +29,14 @@ from .machines import (
 from .net import delete_link
 from .util import LocalCloudError, log, run, wait_until, warn
 
-MACHINES_DIR = STATE_DIR / "machines"
 CGROUP_NAME = "airflow-ha-localcloud"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 # systemd-nspawn keeps a lock file per image and a mount-propagation directory per machine here;
 # on hosts where /run is not a tmpfs they outlive the machine unless removed.
 NSPAWN_RUN = Path("/run/systemd/nspawn")
-BOOT_TIMEOUT = 180.0
+# A booted machine starts the whole cluster tier by tier; with the host's two cores busy (the
+# other two machines catching up, tests beside them) that took over 180 s once.
+BOOT_TIMEOUT = 300.0
 STOP_TIMEOUT = 60.0
 
 
