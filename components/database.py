@@ -100,6 +100,8 @@ REST_USER = "patroni"
 AIRFLOW_USER = "airflow"
 AIRFLOW_DB = "airflow"
 
+# The postgresParameters names a node last applied (airflow-db), one per line.
+PARAMETERS_APPLIED = "/var/lib/airflow-ha/postgres-parameters"
 # PostgreSQL settings kept in Patroni's dynamic config (the same on every member).
 POSTGRES_PARAMETERS = {
     "max_connections": 300,  # three nodes of Airflow processes, each with a pool
@@ -540,6 +542,11 @@ class DatabaseTier(pulumi.ComponentResource):
             "database": AIRFLOW_DB,
             "password": self._passwords["airflow"],
             "haproxy_port": HAPROXY_PRIMARY_PORT,
+            # A name dropped from postgresParameters is removed from the dynamic config
+            # (edit-config only sets): each node records the names it last applied.
+            "applied_file": PARAMETERS_APPLIED,
+            "stack_parameters": sorted(self._args.postgres_parameters),
+            "managed_parameters": sorted(self._args.parameters()),
         }
         return run_step(
             "airflow-db",

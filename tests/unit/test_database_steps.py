@@ -307,3 +307,24 @@ def test_a_re_run_on_the_primary_applies_the_stack_timings_and_password(
     replica = rendered_step("airflow-db", "node-b", engine=engine)
     ran = Node(tmp_path / "replica").run(replica.script, stubs)
     assert ran.returncode == 0 and _db_steps(ran) == ["login"], ran.stderr
+
+
+def test_airflow_db_removes_a_parameter_dropped_from_the_stack_and_keeps_its_own(
+    tmp_path: Path,
+) -> None:
+    # The node applied shared_buffers from postgresParameters before; the stack no longer sets
+    # it. tcp_keepalives_idle is one of the program's own (POSTGRES_PARAMETERS): never removed.
+    node = Node(tmp_path)
+    applied = node.file(
+        "/var/lib/airflow-ha/postgres-parameters", "shared_buffers\ntcp_keepalives_idle\n"
+    )
+    stubs = {"curl": PRIMARY, "patronictl": [Answer()], "psql": [MADE, LOGIN_WORKS_ONCE_MADE]}
+    ran = node.run(rendered_step("airflow-db").script, stubs)
+    assert ran.returncode == 0, ran.stderr
+    (edit,) = [c.args for c in ran.calls if c.name == "patronictl"]
+    assert "postgresql.parameters.shared_buffers=null" in edit
+    assert not [a for a in edit if a.startswith("postgresql.parameters.tcp_keepalives_idle=n")]
+    assert "postgresql.parameters.tcp_keepalives_idle=5" in edit
+    # What the stack sets now is recorded (nothing: the local stack has no postgresParameters),
+    # so the next run removes nothing.
+    assert applied.read_text().split() == []
