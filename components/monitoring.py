@@ -96,9 +96,12 @@ HEARTBEAT_JOBS = (
     {"alert": "AirflowTriggererNotHeartbeating", "job_type": "TriggererJob", "what": "triggerer"},
 )
 # The units whose state the node exporter reports (its systemd collector).
+# The long-running ones by name: a timer's oneshot service (the watchdog, the textfile metrics,
+# etcd's leader placement) is inactive between its runs, so its timer is watched instead.
 UNITS_PATTERN = (
-    "(airflow-.+|etcd|patroni|haproxy|rabbitmq-server|csync2|wg-quick@wg0|prometheus.*)"
-    r"\.(service|socket)"
+    "(airflow-(api-server|scheduler|dag-processor|triggerer|worker|flower|log-firewall)|etcd"
+    r"|patroni|haproxy|rabbitmq-server|csync2|wg-quick@wg0|prometheus.*)\.(service|socket)"
+    r"|(airflow-watchdog|airflow-ha-textfile-metrics|airflow-ha-etcd-leader-away)\.timer"
 )
 
 
