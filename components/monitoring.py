@@ -365,7 +365,10 @@ class MonitoringTier(pulumi.ComponentResource):
         return run_step(
             "monitoring-packages",
             node.access,
-            render("monitoring/packages.sh.j2", {"node": name, "packages": list(PACKAGES)}),
+            render(
+                "monitoring/packages.sh.j2",
+                {"node": name, "packages": list(PACKAGES), "defaults": DEFAULTS},
+            ),
             files=defaults_files(self._args, node.spec),
             parent=self,
             depends_on=[self._args.after[name], *self._args.also_after.get(name, ())],
