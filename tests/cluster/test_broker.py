@@ -10,6 +10,7 @@ import socket
 
 import pytest
 
+from components.broker import PROMETHEUS_PORT as RABBITMQ_PROMETHEUS_PORT
 from drills import broker, nodes
 from tests.cluster.conftest import NODES
 from tools.localcloud.machines import by_name
@@ -46,7 +47,8 @@ def test_broker_ports_listen_on_the_mesh_or_loopback_only(cluster) -> None:
         # What the broker itself reports.
         reported = _json(cluster(node, "rabbitmq-diagnostics -q listeners --formatter json"))
         assert {(x["interface"], x["port"]) for x in reported["listeners"]} == {
-            (MESH[node], 5672), (MESH[node], 15672), (MESH[node], 25672)
+            (MESH[node], 5672), (MESH[node], 15672), (MESH[node], 25672),
+            (MESH[node], RABBITMQ_PROMETHEUS_PORT),  # rabbitmq_prometheus (the monitoring tier)
         }
 
 
