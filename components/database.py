@@ -34,7 +34,7 @@ import pulumi
 from .config import NodeSpec, PatroniSettings
 from .layout import MONITORING_USER
 from .nodes import Node
-from .remote import RemoteFile, render, render_output, run_step
+from .remote import RemoteFile, render, render_output, run_step, timer_files
 from .tier import TierArgs, generated_password, node_by_node
 
 ETCD_CLIENT_PORT = 2379
@@ -184,13 +184,7 @@ def leader_away_files(spec: NodeSpec) -> list[RemoteFile]:
         "interval": LEADER_AWAY_INTERVAL_S,
     }
     unit = f"/etc/systemd/system/{LEADER_AWAY_UNIT}"
-    return [
-        RemoteFile(
-            LEADER_AWAY_SCRIPT, render("database/etcd-leader-away.py.j2", context), mode="0755"
-        ),
-        RemoteFile(f"{unit}.service", render("database/etcd-leader-away.service.j2", context)),
-        RemoteFile(f"{unit}.timer", render("database/etcd-leader-away.timer.j2", context)),
-    ]
+    return timer_files(LEADER_AWAY_SCRIPT, unit, "database/etcd-leader-away", context)
 
 
 def pg_hba(mesh: str) -> list[str]:

@@ -41,7 +41,7 @@ from .config import AlertReceiver, NodeSpec
 from .config_schema import SECRET_PLACEHOLDER_RE
 from .layout import MONITORING_USER, TEXTFILE_DIR
 from .nodes import Node
-from .remote import RemoteFile, render, render_output, run_step
+from .remote import RemoteFile, render, render_output, run_step, timer_files
 from .tier import TierArgs
 
 PROMETHEUS_PORT = 9090
@@ -297,13 +297,7 @@ def textfile_files(args: MonitoringArgs, spec: NodeSpec) -> list[RemoteFile]:
         "rabbitmq_every": RABBITMQ_EVERY_S,
     }
     unit = f"{UNIT_DIR}/{TEXTFILE_UNIT}"
-    return [
-        RemoteFile(
-            TEXTFILE_SCRIPT, render("monitoring/textfile-metrics.py.j2", context), mode="0755"
-        ),
-        RemoteFile(f"{unit}.service", render("monitoring/textfile-metrics.service.j2", context)),
-        RemoteFile(f"{unit}.timer", render("monitoring/textfile-metrics.timer.j2", context)),
-    ]
+    return timer_files(TEXTFILE_SCRIPT, unit, "monitoring/textfile-metrics", context)
 
 
 def services() -> list[dict[str, Any]]:

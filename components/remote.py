@@ -73,6 +73,18 @@ class RemoteFile:
     owner: str = "root:root"
 
 
+def timer_files(
+    script: str, unit: str, templates: str, context: Mapping[str, Any]
+) -> list[RemoteFile]:
+    """A script run by a systemd timer: the script (0755), its oneshot service and its timer,
+    from `<templates>.py.j2`, `.service.j2` and `.timer.j2` (unit: the path without suffix)."""
+    return [
+        RemoteFile(script, render(f"{templates}.py.j2", context), mode="0755"),
+        RemoteFile(f"{unit}.service", render(f"{templates}.service.j2", context)),
+        RemoteFile(f"{unit}.timer", render(f"{templates}.timer.j2", context)),
+    ]
+
+
 @dataclass(frozen=True)
 class NodeAccess:
     """How steps reach a node: its name and the SSH connection."""
