@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ import pulumi_random as random
 from .config import ConfigError, NodeSpec
 from .layout import AIRFLOW_ACCOUNT, AIRFLOW_HOME, AIRFLOW_USER, DAGS_DIR, UI_PORT
 from .nodes import Node
-from .remote import TEMPLATES_DIR, RemoteFile, render, render_output, run_step
+from .remote import TEMPLATES_DIR, RemoteFile, content_digest, render, render_output, run_step
 from .tier import TierArgs, generated_password
 
 PYTHON_TAG = "py313"  # Debian 13's python3
@@ -453,7 +452,7 @@ class AirflowTier(pulumi.ComponentResource):
         self._args = args
         self._lock_text = lock.read_text()
         self._lock_path = f"{AIRFLOW_HOME}/requirements-{args.version}-{PYTHON_TAG}.txt"
-        self._target = f"{VENVS_DIR}/{args.version}-{_digest(self._lock_text)[:16]}"
+        self._target = f"{VENVS_DIR}/{args.version}-{content_digest(self._lock_text)[:16]}"
         self._secrets = Secrets.generate(self)
         self.fernet_key: pulumi.Output[str] = self._secrets.fernet_key
         self.jwt_secret: pulumi.Output[str] = pulumi.Output.secret(self._secrets.jwt_secret)
@@ -478,7 +477,7 @@ class AirflowTier(pulumi.ComponentResource):
             # changed lock, config or unit re-runs it (and it restarts the units once).
             digests[node.spec.name] = pulumi.Output.all(
                 self._lock_text, *[f.content for f in files]
-            ).apply(lambda parts: _digest("\0".join(parts)))
+            ).apply(lambda parts: content_digest(*parts))
             configured[node.spec.name] = self._configure(node, installed, files)
 
         first = min(args.nodes, key=lambda n: n.spec.mesh_index)  # lowest meshIndex, not order
@@ -557,7 +556,7 @@ class AirflowTier(pulumi.ComponentResource):
         run is safe; `users create` leaves an existing user alone."""
         context = {
             "version": self._args.version,
-            "lock_digest": _digest(self._lock_text),
+            "lock_digest": content_digest(self._lock_text),
             "target": self._target,
             "admin_user": self._args.admin_user,
             "admin_password": self._secrets.admin_password,
@@ -641,7 +640,3 @@ def _tunnel(node: Node, local_port: int, remote_port: int) -> pulumi.Output[str]
         node.public_address,
         f"  # then open http://localhost:{local_port}/",
     )
-
-
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()

@@ -16,7 +16,6 @@ failover list) and `ready`.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -24,7 +23,7 @@ import pulumi
 
 from .config import NodeSpec
 from .nodes import Node
-from .remote import RemoteFile, render, render_output, run_step
+from .remote import RemoteFile, content_digest, render, render_output, run_step
 from .tier import TierArgs, generated_password, node_by_node
 
 AMQP_PORT = 5672
@@ -250,7 +249,7 @@ class BrokerTier(pulumi.ComponentResource):
                      if f.path in RESTART_PATHS]
         context = {
             "node": node.spec.name,
-            "digest": hashlib.sha256("\0".join(runs_with).encode()).hexdigest(),
+            "digest": content_digest(*runs_with),
             "expected_running": self._running,
             "wait_seconds": RESTART_WAIT_SECONDS,
         }

@@ -23,7 +23,6 @@ pulumi_random and stay secrets in every file and URL derived from them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ import pulumi
 from .config import NodeSpec, PatroniSettings
 from .layout import MONITORING_USER
 from .nodes import Node
-from .remote import RemoteFile, render, render_output, run_step, timer_files
+from .remote import RemoteFile, content_digest, render, render_output, run_step, timer_files
 from .tier import TierArgs, generated_password, node_by_node
 
 ETCD_CLIENT_PORT = 2379
@@ -392,7 +391,7 @@ class DatabaseTier(pulumi.ComponentResource):
         """Restarts the member the etcd step marked; re-runs when what it runs with changed."""
         context = etcd_context(self.scope, node.spec, _members(self._args.nodes))
         runs_with = [f for f in self._etcd_files(node) if f.path != ETCD_BOOTSTRAP_ENV]
-        context["digest"] = _digest(*(f.content for f in runs_with))
+        context["digest"] = content_digest(*(f.content for f in runs_with))
         return run_step(
             "etcd-restart",
             node.access,
@@ -462,7 +461,7 @@ class DatabaseTier(pulumi.ComponentResource):
         checked states; re-runs when the config changed."""
         context = {
             "node": node.spec.name,
-            "digest": _digest(haproxy_cfg(_members(self._args.nodes), node.spec)),
+            "digest": content_digest(haproxy_cfg(_members(self._args.nodes), node.spec)),
             "config": HAPROXY_CFG,
             "socket": HAPROXY_SOCKET,
             "state_file": HAPROXY_STATE,
@@ -484,7 +483,7 @@ class DatabaseTier(pulumi.ComponentResource):
             "config": PATRONI_CONFIG,
             "scope": self.scope,
             # The parameters a restart applies: a change re-runs the restart steps.
-            "digest": _digest(json.dumps(self._args.parameters(), sort_keys=True)),
+            "digest": content_digest(json.dumps(self._args.parameters(), sort_keys=True)),
             "wait_seconds": POSTGRES_RESTART_WAIT_S,
             "switchover_seconds": SWITCHOVER_WAIT_S,
         }
@@ -559,9 +558,3 @@ def _stats_tunnel(node: Node) -> pulumi.Output[str]:
         node.public_address,
         f"  # then open http://127.0.0.1:{HAPROXY_STATS_PORT}/",
     )
-
-
-def _digest(*parts: str) -> str:
-    """What a restart step's script carries of the files it restarts for: their change
-    re-runs it (and it restarts only what the config step marked)."""
-    return hashlib.sha256("\0".join(parts).encode()).hexdigest()

@@ -53,6 +53,12 @@ def shell_quote(value: Any) -> str:
 _jinja.filters["sh"] = shell_quote
 
 
+def content_digest(*parts: str) -> str:
+    """sha256 of texts joined by NUL: what a step's script carries of the files or settings
+    it acts on, so that their change re-runs it."""
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
 def render(template: str, context: Mapping[str, Any]) -> str:
     """Render one template (path under templates/) with plain values."""
     return _jinja.get_template(template).render(**context)
@@ -152,7 +158,7 @@ def run_step(
     script = pulumi.Output.all(body, *[f.content for f in files]).apply(
         lambda parts: _assemble(step, node.name, files, parts[1:], parts[0], outputs)
     )
-    digest = script.apply(lambda s: hashlib.sha256(s.encode()).hexdigest())
+    digest = script.apply(content_digest)
     run_as = RUN_SCRIPT if node.user == "root" else f"sudo -n bash -c '{RUN_SCRIPT}'"
     return command.remote.Command(
         f"{node.name}-{step}",
