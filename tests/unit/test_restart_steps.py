@@ -167,6 +167,20 @@ def test_haproxy_step_checks_a_changed_config_and_marks_a_reload_never_reloads(
     assert node.path("/var/lib/haproxy/server-state").read_text() == "1\n"
 
 
+def test_haproxy_step_reloads_at_once_a_fresh_node_that_serves_no_one(tmp_path: Path) -> None:
+    """The package starts HAProxy with its own config (no listener on the primary port): no
+    session to keep, so the step reloads it itself rather than mark (the old behaviour left a
+    fresh cluster's first deploy waiting for port 5000 until it failed)."""
+    node = _node(tmp_path)
+    not_yet = Answer(run="exit 1", times=1)  # the first probe: nothing listens on :5000
+    stubs = {"systemctl": Answer(), "haproxy": Answer(), "bash": [not_yet, Answer()]}
+    ran = node.run(rendered_step("haproxy").script, stubs)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.of("systemctl") == ["systemctl enable haproxy", "systemctl is-active -q haproxy",
+                                   "systemctl reload haproxy"]
+    assert not node.path(f"{MARKS}/haproxy").exists()
+
+
 def _member_broker(tmp_path: Path) -> Node:
     node = Node(tmp_path)
     node.file(broker.MARKER)
