@@ -27,9 +27,11 @@ from .config_schema import NAMESPACE, ConfigError
 __all__ = [
     "NAMESPACE",
     "AlertReceiver",
+    "BackupSettings",
     "ClusterConfig",
     "ConfigError",
     "NodeSpec",
+    "ObjectStorage",
     "PatroniSettings",
 ]
 
@@ -76,6 +78,33 @@ class PatroniSettings:
 
 
 @dataclass(frozen=True)
+class ObjectStorage:
+    """The S3-compatible bucket of the backups (pgBackRest) and the task logs (Airflow)."""
+
+    endpoint: str
+    port: int
+    region: str
+    bucket: str
+    uri_style: str  # host or path
+    ca_certificate: str | None  # PEM; None: the system's CAs
+    access_key: Any  # str or a secret pulumi.Output[str]
+    secret_key: Any
+
+    @property
+    def url(self) -> str:
+        """The endpoint as an https URL (what boto3 takes)."""
+        return f"https://{self.endpoint}:{self.port}"
+
+
+@dataclass(frozen=True)
+class BackupSettings:
+    full_schedule: str
+    diff_schedule: str
+    retention_full: int
+    archive_timeout: int
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
     stack: str
     nodes: tuple[NodeSpec, ...]  # ordered by mesh_index
@@ -103,6 +132,9 @@ class ClusterConfig:
     # A JSON mapping receiver name -> secret part: str, a secret pulumi.Output[str], or None.
     alert_receiver_secrets: Any = None
     alert_runbook_url: str = "docs/operations.md"
+    # None: no backups, and task logs stay on the node that ran the task.
+    object_storage: ObjectStorage | None = None
+    backup: BackupSettings = BackupSettings("Sun *-*-* 01:00:00", "Mon..Sat *-*-* 01:00:00", 2, 60)
 
     @property
     def mesh_prefix_len(self) -> int:
@@ -289,6 +321,52 @@ def _parse_patroni(raw: Any) -> PatroniSettings:
     )
 
 
+def _parse_object_storage(get: Callable[[str], Any]) -> dict[str, Any]:
+    """ClusterConfig's object_storage and backup."""
+    raw_backup = schema.as_mapping(get("backup"), "backup", "write backup: {retentionFull: 2}")
+    schema.refuse_unknown(raw_backup, schema.names(schema.BACKUP_KEYS), "backup", "backup")
+    b = {k.name: k.parse(raw_backup, f"backup.{k.name}") for k in schema.BACKUP_KEYS}
+    backup = BackupSettings(
+        full_schedule=b["fullSchedule"],
+        diff_schedule=b["diffSchedule"],
+        retention_full=b["retentionFull"],
+        archive_timeout=b["archiveTimeout"],
+    )
+    raw = get("objectStorage")
+    if raw is None:
+        for name in ("objectStorageAccessKey", "objectStorageSecretKey"):
+            if get(name) is not None:
+                raise ConfigError(name, "is set, but objectStorage is not",
+                                  "add objectStorage: {endpoint, region, bucket}, or remove "
+                                  f"{name}")
+        if raw_backup:
+            raise ConfigError("backup", "is set, but objectStorage is not: backups need a "
+                              "bucket", "add objectStorage: {endpoint, region, bucket}")
+        return {"object_storage": None, "backup": backup}
+    raw = schema.as_mapping(raw, "objectStorage",
+                            "write objectStorage: {endpoint: ..., region: ..., bucket: ...}")
+    schema.refuse_unknown(raw, schema.names(schema.OBJECT_STORAGE_KEYS), "objectStorage",
+                          "objectStorage")
+    o = {k.name: k.parse(raw, f"objectStorage.{k.name}") for k in schema.OBJECT_STORAGE_KEYS}
+    keys = {}
+    for name in ("objectStorageAccessKey", "objectStorageSecretKey"):
+        keys[name] = get(name)
+        if keys[name] is None or (isinstance(keys[name], str) and not keys[name].strip()):
+            raise ConfigError(name, "is missing: objectStorage needs its credentials",
+                              f"pulumi config set --secret {name} <value>")
+    storage = ObjectStorage(
+        endpoint=o["endpoint"],
+        port=o["port"],
+        region=o["region"],
+        bucket=o["bucket"],
+        uri_style=o["uriStyle"],
+        ca_certificate=o["caCertificate"],
+        access_key=keys["objectStorageAccessKey"],
+        secret_key=keys["objectStorageSecretKey"],
+    )
+    return {"object_storage": storage, "backup": backup}
+
+
 def _check_stack_name(stack: str) -> None:
     if not STACK_NAME_RE.match(stack):
         raise ConfigError(
@@ -407,6 +485,7 @@ def parse_config(
         celery_worker_concurrency=get("celeryWorkerConcurrency"),
         protect_servers=get("protectServers"),
         **_parse_alerting(get, receiver_secrets_text),
+        **_parse_object_storage(get),
     )
 
 

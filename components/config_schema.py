@@ -671,6 +671,47 @@ def postgres_parameters(value: Any, key: str) -> dict[str, str | int]:
     return parsed
 
 
+# --- object storage (backups and task logs) -------------------------------------------------
+
+S3_REGION_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
+# S3's bucket naming rules (the DNS-compatible form: it also works in host-style URLs).
+BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+# A systemd OnCalendar expression of plain characters (systemd-analyze calendar checks the rest
+# in the tests): "Sun *-*-* 01:00:00", "daily", "Mon..Sat 02:30".
+ON_CALENDAR_RE = re.compile(r"^[A-Za-z0-9*:,./~ +-]{1,64}$")
+PEM_CERT_RE = re.compile(
+    r"^\s*(-----BEGIN CERTIFICATE-----\s+[A-Za-z0-9+/=\s]+?-----END CERTIFICATE-----\s*)+$"
+)
+URI_STYLES = ("host", "path")
+
+s3_region = matcher(
+    "an S3 region", S3_REGION_RE, "is not an S3 region name",
+    "write the region the endpoint signs for, e.g. eu-central-1 (AWS) or fsn1 (Hetzner)",
+)
+bucket_name = matcher(
+    "a bucket name", BUCKET_RE, "is not an S3 bucket name",
+    "use 3-63 lower-case letters, digits, '.' and '-', starting and ending with a letter or digit",
+)
+on_calendar = matcher(
+    "a systemd calendar expression", ON_CALENDAR_RE, "is not a plain OnCalendar expression",
+    'write it as systemd.time(7) does, e.g. "Sun *-*-* 01:00:00" or "Mon..Sat 01:00"',
+)
+
+
+def pem_certificate(value: Any, key: str) -> str:
+    text = as_str(value, key, "a PEM certificate")
+    if not PEM_CERT_RE.match(text):
+        raise ConfigError(
+            key, "is not a PEM certificate",
+            "give the CA certificate's text, -----BEGIN CERTIFICATE----- to its END line",
+        )
+    return text.strip() + "\n"
+
+
+def retention(value: Any, key: str) -> int:
+    return as_int(value, key, 1, 99)
+
+
 # --- the declarations ------------------------------------------------------------------------
 
 REQUIRED = object()  # marks a key without a default
@@ -725,6 +766,34 @@ PATRONI_KEYS: tuple[Key, ...] = (
         "bytes a replica may lag and still be promoted", byte_count, 1048576),
     Key("failsafeMode", "true/false",
         "keep the primary while every member answers even if etcd is down", boolean, True),
+)
+
+OBJECT_STORAGE_KEYS: tuple[Key, ...] = (
+    Key("endpoint", "text",
+        "the S3 API's host name or IPv4 address, without https:// (s3.eu-central-1.amazonaws.com, "
+        "fsn1.your-objectstorage.com)", host),
+    Key("port", "number", "its HTTPS port (pgBackRest speaks only HTTPS to S3)", port, 443),
+    Key("region", "text", "the region the endpoint signs requests for", s3_region),
+    Key("bucket", "text",
+        "an existing bucket: backups go to /<stack>/pgbackrest, task logs to /<stack>/task-logs",
+        bucket_name),
+    Key("uriStyle", "text", "host (bucket.endpoint, AWS and Hetzner) or path (endpoint/bucket)",
+        one_of(URI_STYLES, "an S3 URI style"), "host"),
+    Key("caCertificate", "text",
+        "the PEM CA certificate of the endpoint's TLS certificate, when no public CA signs it",
+        pem_certificate, None, "the system's CAs"),
+)
+
+BACKUP_KEYS: tuple[Key, ...] = (
+    Key("fullSchedule", "text", "when a full backup runs (systemd OnCalendar, UTC)",
+        on_calendar, "Sun *-*-* 01:00:00"),
+    Key("diffSchedule", "text", "when a differential backup runs (systemd OnCalendar, UTC)",
+        on_calendar, "Mon..Sat *-*-* 01:00:00"),
+    Key("retentionFull", "number",
+        "full backups kept; an older one expires with its differentials and WAL", retention, 2),
+    Key("archiveTimeout", "number",
+        "seconds at most before a WAL segment is archived even if not full: the bound on the "
+        "writes lost when every node is lost (RPO)", seconds(10, 3600), 60),
 )
 
 NODES_DOC = (
@@ -782,6 +851,16 @@ TOP_KEYS: tuple[Key, ...] = (
         admin_user, "admin"),
     Key("dagSync", "text", "how DAG files reach every node", one_of(DAG_SYNC_MODES, "a known mode"),
         "csync2"),
+    Key("objectStorage", "mapping",
+        "the S3-compatible object storage of the backups and the task logs: the objectStorage "
+        "fields below; none: no backups, and task logs stay on the node that ran the task",
+        lambda value, key: value, None, "none"),  # parsed by config._parse_object_storage
+    Key("objectStorageAccessKey", "secret", "the object storage's access key ID",
+        optional_secret, None, "required with objectStorage"),
+    Key("objectStorageSecretKey", "secret", "the object storage's secret access key",
+        optional_secret, None, "required with objectStorage"),
+    Key("backup", "mapping", "pgBackRest's schedule and retention: the backup fields below",
+        lambda value, key: value, {}, "see below"),  # parsed by config._parse_object_storage
     Key("alertReceivers", "list",
         "where Alertmanager sends alerts: each {name, kind: webhook|email|slack, ...} (email: "
         "to, from, smarthost, authUsername; slack: channel); none: alerts stay in its UI",

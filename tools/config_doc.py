@@ -63,6 +63,16 @@ def tables() -> str:
             for k in schema.PATRONI_KEYS
         ),
     ]
+    for name, keys in (("objectStorage", schema.OBJECT_STORAGE_KEYS),
+                       ("backup", schema.BACKUP_KEYS)):
+        lines += [
+            "",
+            f"`{name}` fields:",
+            "",
+            _row("field", "type", "default", "meaning"),
+            "|---|---|---|---|",
+            *(_row(f"`{k.name}`", k.kind, k.default_text(), k.doc) for k in keys),
+        ]
     return "\n".join(lines) + "\n"
 
 
