@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import pulumi
 
+from . import backup as backup_tier
 from . import broker as broker_tier
 from . import database as database_tier
 from .airflow import AirflowArgs, AirflowTier, lock_file
+from .backup import BackupArgs, BackupTier
 from .broker import BrokerArgs, BrokerTier
 from .config import ClusterConfig
 from .dag_sync import DagSync, DagSyncArgs
@@ -43,14 +45,36 @@ def nodes_args(cfg: ClusterConfig) -> NodesArgs:
 
 
 def database_args(cfg: ClusterConfig, on: TierArgs) -> DatabaseArgs:
+    scope = cluster_name(cfg)
+    backups = cfg.object_storage is not None
     return DatabaseArgs(
         on.nodes,
         on.after,
-        scope=cluster_name(cfg),
+        scope=scope,
         postgres_version=cfg.postgres_version,
         patroni=cfg.patroni,
         mesh_cidr=cfg.mesh_cidr,
         postgres_parameters=cfg.postgres_parameters,
+        archive=backup_tier.archive_parameters(scope, cfg.backup.archive_timeout)
+        if backups else {},
+        restore_command=backup_tier.restore_command(scope) if backups else None,
+    )
+
+
+def backup_args(cfg: ClusterConfig, database: DatabaseTier, db: DatabaseArgs) -> BackupArgs:
+    assert cfg.object_storage is not None
+    return BackupArgs(
+        db.nodes,
+        database.ready,
+        stanza=db.scope,
+        stack=cfg.stack,
+        storage=cfg.object_storage,
+        settings=cfg.backup,
+        data_dir=db.data_dir,
+        bin_dir=db.bin_dir,
+        postgres_port=database_tier.POSTGRES_PORT,
+        rest_port=database_tier.PATRONI_PORT,
+        etcd_client_port=database_tier.ETCD_CLIENT_PORT,
     )
 
 
@@ -116,7 +140,13 @@ class AirflowHaCluster(pulumi.ComponentResource):
         self.mesh = VpnMesh("mesh", VpnArgs(self.nodes.nodes, cfg.mesh_prefix_len), child)
         # Every tier runs on every node, each node's part once that node's mesh is ready.
         on_mesh = TierArgs(self.nodes.nodes, self.mesh.ready)
-        self.database = DatabaseTier("database", database_args(cfg, on_mesh), child)
+        db_args = database_args(cfg, on_mesh)
+        self.database = DatabaseTier("database", db_args, child)
+        # Backups need a bucket: without objectStorage there are none (config.py says so).
+        self.backup = (
+            BackupTier("backup", backup_args(cfg, self.database, db_args), child)
+            if cfg.object_storage is not None else None
+        )
         self.broker = BrokerTier("broker", broker_args(cfg, on_mesh), child)
         self.airflow = AirflowTier(
             "airflow", airflow_args(cfg, on_mesh, self.database, self.broker), child
@@ -124,6 +154,8 @@ class AirflowHaCluster(pulumi.ComponentResource):
         self.dag_sync = DagSync("dag-sync", DagSyncArgs(on_mesh.nodes, on_mesh.after), child)
         # After the tiers it scrapes: its check wants every target up.
         scraped = [self.database.ready, self.broker.ready, self.airflow.ready, self.dag_sync.ready]
+        if self.backup is not None:
+            scraped.append(self.backup.ready)
         self.monitoring = MonitoringTier(
             "monitoring", monitoring_args(cfg, on_mesh, scraped), child
         )
@@ -168,6 +200,8 @@ class AirflowHaCluster(pulumi.ComponentResource):
                 "shipDags": f"copy DAG files into {DAGS_DIR} on any node; csync2 copies them "
                 "to the others within a minute",
             },
+            # Without it the backups cannot be read: keep a copy outside the stack's state.
+            "backupRepositoryPassphrase": self.backup.cipher_pass if self.backup else None,
             # Secret, so on its own: `pulumi stack output airflowAdminPassword --show-secrets`.
             "airflowAdminPassword": self.airflow.admin_password,
             # Flower's basic auth (user adminUser): `pulumi stack output airflowFlowerPassword`.

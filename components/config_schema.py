@@ -641,6 +641,8 @@ PG_OWNED = frozenset({
     "listen_addresses", "port", "cluster_name", "data_directory", "hba_file", "ident_file",
     "config_file", "hot_standby", "wal_level", "primary_conninfo", "primary_slot_name",
     "recovery_target_timeline", "synchronous_standby_names", "unix_socket_directories",
+    # WAL archiving: the backup tier's (backup.archiveTimeout for the timeout).
+    "archive_mode", "archive_command", "archive_timeout", "restore_command",
 })
 
 
@@ -699,13 +701,13 @@ on_calendar = matcher(
 
 
 def pem_certificate(value: Any, key: str) -> str:
-    text = as_str(value, key, "a PEM certificate")
-    if not PEM_CERT_RE.match(text):
+    # Not as_str: a PEM certificate is the one value of several lines.
+    if not isinstance(value, str) or not PEM_CERT_RE.match(value):
         raise ConfigError(
             key, "is not a PEM certificate",
             "give the CA certificate's text, -----BEGIN CERTIFICATE----- to its END line",
         )
-    return text.strip() + "\n"
+    return value.strip() + "\n"
 
 
 def retention(value: Any, key: str) -> int:

@@ -68,6 +68,8 @@ HAPROXY_MAXCONN = 2000
 DB_CONNECT_TIMEOUT_S = 10
 
 PATRONI_CONFIG = "/etc/patroni/config.yml"
+# Patroni's keys in etcd: <namespace><scope>/leader, /members/<name>, /config, ...
+DCS_NAMESPACE = "/airflow-ha/"
 ETCD_ENV = "/etc/default/etcd"
 # Read only when a member's data dir is new: its change restarts nothing.
 ETCD_BOOTSTRAP_ENV = "/etc/default/etcd-bootstrap"
@@ -139,11 +141,24 @@ class DatabaseArgs(TierArgs):
     mesh_cidr: str
     # The stack's postgresParameters, over POSTGRES_PARAMETERS.
     postgres_parameters: Mapping[str, str | int] = field(default_factory=dict)
+    # WAL archiving (the backup tier's archive_parameters; empty: none) and how a replica
+    # fetches WAL from the archive (None: only by streaming).
+    archive: Mapping[str, str | int] = field(default_factory=dict)
+    restore_command: str | None = None
 
     def parameters(self) -> dict[str, str | int]:
-        """Every PostgreSQL setting of the cluster's dynamic config: the program's, then the
-        stack's (which win)."""
-        return {**POSTGRES_PARAMETERS, **self.postgres_parameters}
+        """Every PostgreSQL setting of the cluster's dynamic config: the program's, the
+        archive's, then the stack's (which win; config_schema.PG_OWNED keeps the archive's
+        out of them)."""
+        return {**POSTGRES_PARAMETERS, **self.archive, **self.postgres_parameters}
+
+    @property
+    def data_dir(self) -> str:
+        return f"/var/lib/postgresql/{self.postgres_version}/airflow-ha"
+
+    @property
+    def bin_dir(self) -> str:
+        return f"/usr/lib/postgresql/{self.postgres_version}/bin"
 
 
 # The tier's generated passwords: what each is for -> its resource name.
@@ -272,11 +287,22 @@ def etcd_context(scope: str, spec: NodeSpec, members: list[dict[str, str]]) -> d
     }
 
 
+def recovery_conf_lines(restore_command: str | None) -> list[str]:
+    """patroni.yml's postgresql.recovery_conf, as lines (none without a restore_command)."""
+    if restore_command is None:
+        return []
+    return [
+        "# A replica that fell behind what the primary keeps fetches the WAL from the backups'",
+        "# repository rather than being cloned again.",
+        "recovery_conf:",
+        f"  restore_command: {json.dumps(restore_command)}",
+    ]
+
+
 def patroni_context(
     args: DatabaseArgs, spec: NodeSpec, passwords: Mapping[str, pulumi.Output[str]]
 ) -> dict[str, Any]:
     """What the node's Patroni config is rendered from: plain values plus secret Outputs."""
-    pg = args.postgres_version
     return {
         "node": spec.name,
         "mesh_address": spec.mesh_address,
@@ -285,8 +311,10 @@ def patroni_context(
         "dynamic": _yaml(dynamic_settings(args.patroni)),
         "parameters": _yaml(args.parameters()),
         "pg_hba": pg_hba(args.mesh_cidr),
-        "data_dir": f"/var/lib/postgresql/{pg}/airflow-ha",
-        "bin_dir": f"/usr/lib/postgresql/{pg}/bin",
+        "data_dir": args.data_dir,
+        "bin_dir": args.bin_dir,
+        "namespace": DCS_NAMESPACE,
+        "recovery_conf": recovery_conf_lines(args.restore_command),
         "postgres_port": POSTGRES_PORT,
         "rest_port": PATRONI_PORT,
         "users": {

@@ -1,0 +1,282 @@
+"""The backup tier (issue 14): pgBackRest's config and steps as the program renders them, the
+archive settings in Patroni's dynamic config, and the scripts' decisions run under stubs
+(tests/unit/stepharness.py). The config is read by the real pgbackrest in
+tests/unit/test_object_storage_host.py where the host has it."""
+
+from __future__ import annotations
+
+import configparser
+import shutil
+import subprocess
+from typing import Any
+
+import pytest
+import yaml
+
+from components import backup
+from components.config import ConfigError, parse_config
+from tests.unit.stepharness import Answer, Node, rendered_step
+from tools.engine import Engine, Step, run_program, unwrap_secrets
+
+STORAGE = {"endpoint": "s3.eu-central-1.amazonaws.com", "region": "eu-central-1",
+           "bucket": "airflow-ha-backups"}
+KEYS = {"objectStorageAccessKey": "AKIAEXAMPLEKEY", "objectStorageSecretKey": "s3cr3t-key-text"}
+STANZA = "airflow-ha-local"
+
+
+def _with_storage(values: Any, **extra: Any) -> dict[str, Any]:
+    return values("local", objectStorage={**STORAGE, **extra.pop("storage", {})}, **KEYS, **extra)
+
+
+@pytest.fixture
+def engine(values: Any) -> Engine:
+    engine = Engine()
+    run_program(_with_storage(values, backup={"retentionFull": 3, "archiveTimeout": 30}),
+                engine, "local")
+    return engine
+
+
+def _step(engine: Engine, name: str, node: str = "node-a") -> Step:
+    return rendered_step(name, node, engine)
+
+
+def _file(step: Step, path: str) -> tuple[str, str, str]:
+    (found,) = [(mode, owner, text) for p, mode, owner, text in step.files if p == path]
+    return found
+
+
+def test_every_node_gets_pgbackrest_then_waits_for_the_repository(engine: Engine) -> None:
+    names = {(s.node, s.step) for s in engine.steps()}
+    for node in ("node-a", "node-b", "node-c"):
+        assert {(node, "backup-install"), (node, "backup-stanza")} <= names
+
+
+def test_no_object_storage_no_backup_tier_and_no_archiving(values: Any) -> None:
+    engine = Engine()
+    run_program(values("local"), engine, "local")
+    assert not [s for s in engine.steps() if s.step.startswith("backup-")]
+    patroni = yaml.safe_load(_file(_step(engine, "patroni"), "/etc/patroni/config.yml")[2])
+    assert "archive_command" not in patroni["bootstrap"]["dcs"]["postgresql"]["parameters"]
+    assert "recovery_conf" not in patroni["postgresql"]
+
+
+def test_the_config_holds_the_repository_and_stays_secret(engine: Engine) -> None:
+    mode, owner, text = _file(_step(engine, "backup-install"), backup.CONFIG)
+    assert (mode, owner) == ("0640", "root:postgres")  # archive-push runs as postgres
+    conf = configparser.ConfigParser(interpolation=None)
+    conf.read_string(unwrap_secrets(text)[0])
+    repo = conf["global"]
+    assert repo["repo1-type"] == "s3"
+    assert repo["repo1-s3-endpoint"] == STORAGE["endpoint"]
+    assert repo["repo1-storage-port"] == "443"
+    assert repo["repo1-s3-uri-style"] == "host"
+    assert repo["repo1-s3-key-secret"] == KEYS["objectStorageSecretKey"]
+    assert repo["repo1-path"] == "/local/pgbackrest"
+    assert repo["repo1-cipher-type"] == "aes-256-cbc"
+    (generated,) = [r for r in engine.resources if r.name == "pgbackrest-cipher-pass"]
+    assert repo["repo1-cipher-pass"] == unwrap_secrets(generated.outputs["result"])[0]
+    assert repo["repo1-retention-full"] == "3"
+    assert "repo1-storage-ca-file" not in repo  # no caCertificate: the system's CAs
+    assert conf[STANZA]["pg1-path"] == "/var/lib/postgresql/17/airflow-ha"
+    # The keys and the passphrase are secrets: the step's script that carries them is one.
+    (command,) = [r for r in engine.resources if r.name == "node-a-backup-install"]
+    assert "stdin" in command.secret_inputs
+
+
+def test_a_private_ca_is_written_and_named(values: Any) -> None:
+    ca = "-----BEGIN CERTIFICATE-----\nMIIBdummy\n-----END CERTIFICATE-----\n"
+    engine = Engine()
+    run_program(_with_storage(values, storage={"caCertificate": ca, "uriStyle": "path"}),
+                engine, "local")
+    step = _step(engine, "backup-install")
+    assert _file(step, backup.CA_FILE)[2] == ca
+    conf = configparser.ConfigParser(interpolation=None)
+    conf.read_string(unwrap_secrets(_file(step, backup.CONFIG)[2])[0])
+    assert conf["global"]["repo1-storage-ca-file"] == backup.CA_FILE
+    assert conf["global"]["repo1-s3-uri-style"] == "path"
+
+
+def test_archiving_is_in_the_dynamic_config_and_replicas_read_the_archive(engine: Engine) -> None:
+    text = _file(_step(engine, "patroni"), "/etc/patroni/config.yml")[2]
+    patroni = yaml.safe_load(unwrap_secrets(text)[0])
+    parameters = patroni["bootstrap"]["dcs"]["postgresql"]["parameters"]
+    assert parameters["archive_mode"] == "on"
+    assert parameters["archive_command"] == f"pgbackrest --stanza={STANZA} archive-push %p"
+    assert parameters["archive_timeout"] == 30
+    assert patroni["postgresql"]["recovery_conf"]["restore_command"] == (
+        f'pgbackrest --stanza={STANZA} archive-get %f "%p"'
+    )
+    # A running cluster gets them through airflow-db's edit-config (a restart rolls).
+    db = _step(engine, "airflow-db").script
+    assert "postgresql.parameters.archive_command=" in db
+
+
+@pytest.mark.parametrize("kind", backup.BACKUP_TYPES)
+def test_timers_are_calendar_expressions_systemd_accepts(engine: Engine, kind: str) -> None:
+    path = f"{backup.UNIT_DIR}/{backup.UNIT}-{kind}.timer"
+    _, _, timer = _file(_step(engine, "backup-install"), path)
+    (calendar,) = [line.split("=", 1)[1] for line in timer.splitlines()
+                   if line.startswith("OnCalendar=")]
+    assert calendar.endswith(" UTC")
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("no systemd-analyze here")
+    checked = subprocess.run([analyze, "calendar", calendar], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
+
+
+# --- the backup script: acts only on the primary, under the cluster-wide lock ---------------
+
+
+def _backup_script(engine: Engine, node: str = "node-a") -> str:
+    return _file(_step(engine, "backup-install", node), backup.BACKUP_SCRIPT)[2]
+
+
+def _run_backup(tmp_path: Any, engine: Engine, args: str, primary: bool) -> Any:
+    code = "200" if primary else "503"
+    stubs = {"curl": Answer(stdout=code), "etcdctl": Answer(), "runuser": Answer()}
+    return Node(tmp_path).run(f"set -- {args}\n" + _backup_script(engine), stubs)
+
+
+def test_a_replica_backs_up_nothing(tmp_path: Any, engine: Engine) -> None:
+    ran = _run_backup(tmp_path, engine, "full", primary=False)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.of("etcdctl") == [] and ran.of("runuser") == []
+    assert "not the primary" in ran.stdout
+
+
+def test_the_primary_takes_the_cluster_wide_lock_first(tmp_path: Any, engine: Engine) -> None:
+    ran = _run_backup(tmp_path, engine, "diff", primary=True)
+    assert ran.returncode == 0, ran.stderr
+    (lock,) = ran.of("etcdctl")
+    assert f"lock /airflow-ha/{STANZA}/backup-lock" in lock
+    assert lock.endswith("diff --locked")
+    assert "http://10.42.0.1:2379,http://10.42.0.2:2379,http://10.42.0.3:2379" in lock
+    assert ran.of("runuser") == []  # the backup runs under the lock, not before it
+
+
+def test_under_the_lock_the_primary_backs_up(tmp_path: Any, engine: Engine) -> None:
+    ran = _run_backup(tmp_path, engine, "full --locked", primary=True)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.of("runuser") == [
+        f"runuser -u postgres -- pgbackrest --stanza={STANZA} --type=full backup"
+    ]
+
+
+def test_under_the_lock_a_node_no_longer_primary_backs_up_nothing(
+    tmp_path: Any, engine: Engine
+) -> None:
+    ran = _run_backup(tmp_path, engine, "full --locked", primary=False)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.of("runuser") == []
+
+
+def test_an_unknown_type_is_refused(tmp_path: Any, engine: Engine) -> None:
+    ran = _run_backup(tmp_path, engine, "weekly", primary=True)
+    assert ran.returncode == 2
+    assert "usage" in ran.stderr
+
+
+# --- the stanza step -------------------------------------------------------------------------
+
+
+def _info(code: int, times: int = 0) -> Answer:
+    doc = f'[{{"name": "{STANZA}", "status": {{"code": {code}, "message": "m"}}}}]'
+    return Answer("* info", stdout=doc, times=times)
+
+
+def _stanza_node(tmp_path: Any) -> Node:
+    node = Node(tmp_path)
+    # The backup script the install step wrote, as a stub that leaves a trace.
+    node.file(backup.BACKUP_SCRIPT, f'#!/bin/bash\necho "$@" >> "{tmp_path}/backups"\n', 0o755)
+    return node
+
+
+def test_the_primary_creates_the_stanza_and_a_first_full_backup(
+    tmp_path: Any, engine: Engine
+) -> None:
+    stubs = {
+        "curl": Answer(stdout="200"),
+        # Missing, then no backup yet (after stanza-create), then ok.
+        "runuser": [_info(1, times=1), _info(2, times=1), _info(0), Answer()],
+    }
+    ran = _stanza_node(tmp_path).run(_step(engine, "backup-stanza").script, stubs)
+    assert ran.returncode == 0, ran.stderr
+    calls = ran.of("runuser")
+    assert calls.index(f"runuser -u postgres -- pgbackrest --stanza={STANZA} stanza-create") < (
+        calls.index(f"runuser -u postgres -- pgbackrest --stanza={STANZA} check")
+    )
+    assert (tmp_path / "backups").read_text() == "full\n"
+
+
+def test_a_replica_waits_for_the_primary_and_creates_nothing(
+    tmp_path: Any, engine: Engine
+) -> None:
+    stubs = {"curl": Answer(stdout="503"), "runuser": [_info(1, times=3), _info(0), Answer()]}
+    ran = _stanza_node(tmp_path).run(_step(engine, "backup-stanza").script, stubs)
+    assert ran.returncode == 0, ran.stderr
+    assert not [c for c in ran.of("runuser") if "stanza-create" in c or c.endswith(" check")]
+    assert not (tmp_path / "backups").exists()
+
+
+def test_a_repository_of_another_cluster_fails_at_once_with_the_way_out(
+    tmp_path: Any, engine: Engine
+) -> None:
+    mismatch = ("ERROR: [028]: backup and archive info files exist but do not match the "
+                "database\nHINT: is this the correct stanza?")
+    stubs = {
+        "curl": Answer(stdout="200"),
+        "runuser": [_info(5), Answer("* stanza-create", stderr=mismatch, status=28)],
+    }
+    ran = _stanza_node(tmp_path).run(_step(engine, "backup-stanza").script, stubs)
+    assert ran.returncode == 1
+    assert "python -m tools.restore --stack local" in ran.stderr
+    assert len([c for c in ran.of("runuser") if "stanza-create" in c]) == 1  # no retry loop
+
+
+# --- the config -----------------------------------------------------------------------------
+
+
+def _parse(values: Any, **overrides: Any) -> Any:
+    return parse_config(values("local", **overrides), stack="local")
+
+
+def test_without_object_storage_there_are_no_backups(values: Any) -> None:
+    assert _parse(values).object_storage is None
+
+
+def test_object_storage_needs_its_keys(values: Any) -> None:
+    with pytest.raises(ConfigError, match=r"objectStorageSecretKey: is missing.*--secret"):
+        _parse(values, objectStorage=STORAGE, objectStorageAccessKey="AKIA")
+
+
+def test_backup_settings_without_object_storage_are_refused(values: Any) -> None:
+    with pytest.raises(ConfigError, match="backup: is set, but objectStorage is not"):
+        _parse(values, backup={"retentionFull": 2})
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [("bucket", "Bad_Bucket", "objectStorage.bucket: 'Bad_Bucket' is not an S3 bucket name"),
+     ("uriStyle", "virtual", "objectStorage.uriStyle: the text 'virtual' is not an S3 URI"),
+     ("endpoint", "https://s3.example.com", "objectStorage.endpoint: .* is neither"),
+     ("caCertificate", "not a cert", "objectStorage.caCertificate: is not a PEM certificate"),
+     ("prefix", "x", "objectStorage.prefix: is not a key of objectStorage")],
+)
+def test_bad_object_storage_fields_name_the_key(
+    values: Any, field: str, value: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        _parse(values, objectStorage={**STORAGE, field: value}, **KEYS)
+
+
+def test_bad_backup_fields_name_the_key(values: Any) -> None:
+    with pytest.raises(ConfigError, match=r"backup.fullSchedule: .* is not a plain OnCalendar"):
+        _parse(values, objectStorage=STORAGE, backup={"fullSchedule": "$(reboot)"}, **KEYS)
+    with pytest.raises(ConfigError, match=r"backup.archiveTimeout"):
+        _parse(values, objectStorage=STORAGE, backup={"archiveTimeout": 1}, **KEYS)
+
+
+def test_archive_settings_are_the_programs_own(values: Any) -> None:
+    with pytest.raises(ConfigError, match=r"postgresParameters.archive_command: is set by"):
+        _parse(values, postgresParameters={"archive_command": "cp"})
