@@ -32,8 +32,9 @@ import pulumi
 
 from .config import BackupSettings, ObjectStorage
 from .database import DCS_NAMESPACE
+from .layout import TEXTFILE_DIR
 from .nodes import Node
-from .remote import RemoteFile, render, render_output, run_step
+from .remote import RemoteFile, render, render_output, run_step, timer_files
 from .tier import TierArgs, generated_password
 
 CONFIG = "/etc/pgbackrest/pgbackrest.conf"
@@ -51,6 +52,13 @@ QUEUE_MAX = "4GiB"
 STANZA_WAIT_S = 1800
 # The stanza step's exit status for "the repository holds another cluster's backups".
 MISMATCH_STATUS = 3
+# The backups' state for the node exporter, and the alerts on it (prometheus.yml reads every
+# /etc/prometheus/airflow-ha*-rules.yml: components/monitoring.py).
+METRICS_SCRIPT = "/usr/local/sbin/airflow-ha-backup-metrics"
+METRICS_UNIT = "airflow-ha-backup-metrics"
+METRICS_FILE = f"{TEXTFILE_DIR}/airflow_ha_backup.prom"
+METRICS_INTERVAL_S = 300  # each run reads the repository: a few S3 requests
+RULES_FILE = "/etc/prometheus/airflow-ha-backup-rules.yml"
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,7 @@ class BackupArgs(TierArgs):
     postgres_port: int
     rest_port: int  # Patroni's REST API: /primary answers 200 only on the primary
     etcd_client_port: int
+    runbook_url: str = "docs/operations.md"
 
     @property
     def repo_path(self) -> str:
@@ -130,6 +139,9 @@ class BackupTier(pulumi.ComponentResource):
             "log_dir": LOG_DIR,
             "wait_seconds": STANZA_WAIT_S,
             "mismatch_status": MISMATCH_STATUS,
+            "metrics_file": METRICS_FILE,
+            "rules_file": RULES_FILE,
+            "interval": METRICS_INTERVAL_S,
         }
 
     def _config(self, node: Node) -> pulumi.Output[str]:
@@ -163,14 +175,20 @@ class BackupTier(pulumi.ComponentResource):
             files.append(RemoteFile(path, render("backup/backup.timer.j2", timer)))
         if self._args.storage.ca_certificate is not None:
             files.append(RemoteFile(CA_FILE, self._args.storage.ca_certificate))
+        metrics = {**context, "script": METRICS_SCRIPT}
+        files += timer_files(METRICS_SCRIPT, f"{UNIT_DIR}/{METRICS_UNIT}", "backup/backup-metrics",
+                             metrics)
+        files.append(RemoteFile(RULES_FILE, rules_yml(self._args)))
         return files
 
     def _install(self, node: Node) -> pulumi.Resource:
         context = {
             **self._context(node),
             "units": [f"{UNIT_DIR}/{UNIT}@.service",
-                      *(f"{UNIT_DIR}/{UNIT}-{kind}.timer" for kind in BACKUP_TYPES)],
-            "timers": [f"{UNIT}-{kind}.timer" for kind in BACKUP_TYPES],
+                      *(f"{UNIT_DIR}/{UNIT}-{kind}.timer" for kind in BACKUP_TYPES),
+                      *(f"{UNIT_DIR}/{METRICS_UNIT}.{kind}" for kind in ("service", "timer"))],
+            "timers": [*(f"{UNIT}-{kind}.timer" for kind in BACKUP_TYPES),
+                       f"{METRICS_UNIT}.timer"],
         }
         return run_step(
             "backup-install",
@@ -190,6 +208,14 @@ class BackupTier(pulumi.ComponentResource):
             depends_on=installs,
             timeout_minutes=STANZA_WAIT_S // 60 + 5,
         )
+
+
+def rules_yml(args: BackupArgs) -> str:
+    """The backups' alert rules: the same file on every node."""
+    return render(
+        "backup/rules.yml.j2",
+        {"runbook": args.runbook_url, "max_age_s": args.settings.alert_after_hours * 3600},
+    )
 
 
 def utc(schedule: str) -> str:

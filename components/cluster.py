@@ -75,6 +75,7 @@ def backup_args(cfg: ClusterConfig, database: DatabaseTier, db: DatabaseArgs) ->
         postgres_port=database_tier.POSTGRES_PORT,
         rest_port=database_tier.PATRONI_PORT,
         etcd_client_port=database_tier.ETCD_CLIENT_PORT,
+        runbook_url=cfg.alert_runbook_url,
     )
 
 

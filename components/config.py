@@ -102,6 +102,7 @@ class BackupSettings:
     diff_schedule: str
     retention_full: int
     archive_timeout: int
+    alert_after_hours: int = 49
 
 
 @dataclass(frozen=True)
@@ -331,6 +332,7 @@ def _parse_object_storage(get: Callable[[str], Any]) -> dict[str, Any]:
         diff_schedule=b["diffSchedule"],
         retention_full=b["retentionFull"],
         archive_timeout=b["archiveTimeout"],
+        alert_after_hours=b["alertAfterHours"],
     )
     raw = get("objectStorage")
     if raw is None:

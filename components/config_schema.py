@@ -710,6 +710,10 @@ def pem_certificate(value: Any, key: str) -> str:
     return value.strip() + "\n"
 
 
+def hours(value: Any, key: str) -> int:
+    return as_int(value, key, 1, 24 * 31, unit=" of hours")
+
+
 def retention(value: Any, key: str) -> int:
     return as_int(value, key, 1, 99)
 
@@ -796,6 +800,9 @@ BACKUP_KEYS: tuple[Key, ...] = (
     Key("archiveTimeout", "number",
         "seconds at most before a WAL segment is archived even if not full: the bound on the "
         "writes lost when every node is lost (RPO)", seconds(10, 3600), 60),
+    Key("alertAfterHours", "number",
+        "hours without a finished backup before BackupTooOld fires: above the schedules' "
+        "longest gap plus a backup's duration", hours, 49),
 )
 
 NODES_DOC = (

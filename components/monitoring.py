@@ -60,6 +60,8 @@ PACKAGES = (
 )
 PROMETHEUS_CONFIG = "/etc/prometheus/prometheus.yml"
 RULES_FILE = "/etc/prometheus/airflow-ha-rules.yml"
+# What prometheus.yml reads: RULES_FILE and other tiers' (the backup tier's).
+RULES_GLOB = "/etc/prometheus/airflow-ha*-rules.yml"
 ALERTMANAGER_CONFIG = "/etc/prometheus/alertmanager.yml"
 DEFAULTS = {
     "prometheus": "/etc/default/prometheus",
@@ -152,7 +154,7 @@ def prometheus_yml(args: MonitoringArgs, spec: NodeSpec) -> str:
             "node": spec.name,
             "nodes": _members(args.nodes),
             "jobs": [vars(j) for j in jobs(args)],
-            "rules": RULES_FILE,
+            "rules_glob": RULES_GLOB,
             "alertmanager_port": ALERTMANAGER_PORT,
             "scrape_interval": SCRAPE_INTERVAL,
             "scrape_timeout": SCRAPE_TIMEOUT,

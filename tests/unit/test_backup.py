@@ -6,8 +6,10 @@ tests/unit/test_object_storage_host.py where the host has it."""
 from __future__ import annotations
 
 import configparser
+import json
 import shutil
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +17,7 @@ import yaml
 
 from components import backup
 from components.config import ConfigError, parse_config
+from components.layout import TEXTFILE_DIR
 from tests.unit.stepharness import Answer, Node, rendered_step
 from tools.engine import Engine, Step, run_program, unwrap_secrets
 
@@ -280,3 +283,68 @@ def test_bad_backup_fields_name_the_key(values: Any) -> None:
 def test_archive_settings_are_the_programs_own(values: Any) -> None:
     with pytest.raises(ConfigError, match=r"postgresParameters.archive_command: is set by"):
         _parse(values, postgresParameters={"archive_command": "cp"})
+
+
+# --- the backups' metrics and alerts --------------------------------------------------------
+
+RULE_TESTS = Path(__file__).parent / "data" / "backup_rules_test.yml"
+
+
+def test_every_backup_alert_passes_its_promtool_tests(engine: Engine, tmp_path: Path) -> None:
+    from tests.unit.test_monitoring_rules import _tool
+
+    promtool = _tool("promtool")
+    rules = _file(_step(engine, "backup-install"), backup.RULES_FILE)[2]
+    (tmp_path / "airflow-ha-backup-rules.yml").write_text(rules)
+    shutil.copy(RULE_TESTS, tmp_path / "tests.yml")
+    result = subprocess.run([promtool, "test", "rules", str(tmp_path / "tests.yml")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    alerts = {r["alert"] for g in yaml.safe_load(rules)["groups"] for r in g["rules"]}
+    cases = [c for t in yaml.safe_load(RULE_TESTS.read_text())["tests"]
+             for c in t["alert_rule_test"]]
+    assert alerts == {c["alertname"] for c in cases if c["exp_alerts"]}
+    assert alerts == {c["alertname"] for c in cases if not c["exp_alerts"]}
+    runbook = (Path(__file__).parents[2] / "docs" / "operations.md").read_text().lower()
+    for alert in alerts:
+        assert f"\n#### {alert.lower()}\n" in runbook, f"docs/operations.md has no #### {alert}"
+
+
+INFO = json.dumps([{"name": STANZA, "status": {"code": 0, "message": "ok"}, "backup": [
+    {"type": "full", "label": "F1", "timestamp": {"start": 100, "stop": 160}},
+    {"type": "diff", "label": "D1", "timestamp": {"start": 200, "stop": 230}},
+    {"type": "full", "label": "F2", "timestamp": {"start": 300, "stop": 390}},
+]}])
+
+
+def _metrics(tmp_path: Path, engine: Engine, stubs: dict) -> dict[str, str]:
+    node = Node(tmp_path)
+    node.dir(TEXTFILE_DIR)
+    script = _file(_step(engine, "backup-install"), backup.METRICS_SCRIPT)[2]
+    # Run as python3 reading a here-document, so that the harness roots its paths too.
+    ran = node.run(f"python3 - <<'PYTHON'\n{script}\nPYTHON\n", stubs)
+    assert ran.returncode == 0, ran.stderr
+    text = node.path(backup.METRICS_FILE).read_text()
+    return dict(line.rsplit(" ", 1) for line in text.splitlines())
+
+
+def test_the_metrics_of_a_primary_with_backups(tmp_path: Path, engine: Engine) -> None:
+    stubs = {"runuser": [Answer("* info", stdout=INFO),
+                         Answer("* psql *", stdout="f 42 1 1700000100.5 1700000000\n")]}
+    metrics = _metrics(tmp_path, engine, stubs)
+    assert metrics == {
+        "airflow_ha_backup_repository_up": "1",
+        'airflow_ha_backup_last_end_timestamp_seconds{type="full"}': "390",
+        'airflow_ha_backup_last_end_timestamp_seconds{type="diff"}': "230",
+        "airflow_ha_wal_archived_total": "42",
+        "airflow_ha_wal_archive_failed_total": "1",
+        "airflow_ha_wal_archive_last_success_timestamp_seconds": "1700000100.5",
+        "airflow_ha_wal_archive_last_failure_timestamp_seconds": "1700000000",
+    }
+
+
+def test_a_replica_that_cannot_read_the_repository(tmp_path: Path, engine: Engine) -> None:
+    stubs = {"runuser": [Answer("* info", stderr="ERROR: [039]: HTTP request failed",
+                                status=39),
+                         Answer("* psql *", stdout="t 0 0 0 0\n")]}
+    assert _metrics(tmp_path, engine, stubs) == {"airflow_ha_backup_repository_up": "0"}
