@@ -1,0 +1,262 @@
+"""The backup drills (issue 14): pgBackRest's repository on the local cloud's S3 endpoint.
+
+- backup-basics: the repository ok on every node; a differential taken by every node's timer
+  script lands once, from the primary; after a switchover WAL archiving and the next backup
+  go on from the new primary (`pgbackrest check` there archives a segment end to end).
+- pitr: the writer commits every 100 ms; at T a destructive DELETE, then the cluster restored
+  to T (`tools.restore`): every row acknowledged before T is there, none started after it.
+  Figures: the restore's duration and the database's downtime.
+- task-log: a probe task that ran on node-c; node-c's machine stopped; the task's log read
+  through node-a's REST API comes back whole from the object storage.
+- total-loss (full suite only, by hand: it rebuilds the machines): every disk destroyed, fresh
+  machines deployed, the cluster restored from the repository (--latest); figures: RPO (seconds
+  of acknowledged writes lost) and the time to a working Airflow.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import subprocess
+import sys
+import time
+from typing import Any
+
+from drills import common, failover
+from drills.airflow import Api
+from drills.nodes import NODES, REPO, ssh
+from drills.workload import PROBE_DAG_ID, DbWriter
+from tools import restore as restore_tool
+
+STANZA = "airflow-ha-local"
+BACKUP = "/usr/local/sbin/airflow-ha-backup"
+
+
+def info(node: str) -> dict[str, Any]:
+    """pgBackRest's view of the stanza from `node` (info --output=json)."""
+    out = ssh(node, f"runuser -u postgres -- pgbackrest --stanza={STANZA} --output=json info")
+    return json.loads(out.stdout)[0]
+
+
+def backups(node: str) -> list[dict[str, Any]]:
+    return info(node).get("backup", [])
+
+
+def back_up_everywhere(kind: str) -> dict[str, str]:
+    """What every node's backup script does when its timer fires (only the primary acts)."""
+    return common.parallel(lambda n: ssh(n, f"{BACKUP} {kind}", timeout=900).stdout, list(NODES))
+
+
+def primary() -> str:
+    leader = failover.leader_of(failover.members())
+    if leader is None:
+        raise RuntimeError("no Patroni leader")
+    return leader
+
+
+def _takers(outputs: dict[str, str]) -> list[str]:
+    return [node for node, out in outputs.items() if "backup of" in out and "done on" in out]
+
+
+def basics(suite: Any, record: dict) -> None:
+    leader, sync, _ = _roles()
+    runner = next(n for n in NODES if n not in (leader, sync))
+    statuses = {n: info(n)["status"]["message"] for n in NODES}
+    before = backups(leader)
+    with suite.workload(runner, "backup-basics", runner) as wl:
+        diff = back_up_everywhere("diff")
+        first_taker = _takers(diff)
+        event = time.time()
+        switch = failover.runbook.command("patroni-switchover", current_leader=leader,
+                                          sync_standby=sync)
+        ssh(leader, switch, timeout=180)
+        new_leader = failover.leader_of(failover.wait_healthy())
+        checked = ssh(new_leader, f"runuser -u postgres -- pgbackrest --stanza={STANZA} check")
+        after_switch = back_up_everywhere("diff")
+        second_taker = _takers(after_switch)
+        health, figures = suite.settle(wl, event)
+    after = backups(new_leader)
+    record["checks"].update({
+        "the repository is ok on every node": all(s == "ok" for s in statuses.values()),
+        "a full backup was in the repository": any(b["type"] == "full" for b in before),
+        "one differential, from the primary": first_taker == [leader],
+        "WAL archived from the new primary after the switchover": checked.returncode == 0,
+        "the next backup from the new primary": second_taker == [new_leader],
+        "both differentials in the repository": len(after) == len(before) + 2,
+    })
+    common_record(record, leader, runner, figures, health, details={
+        "statuses": statuses, "old_primary": leader, "new_primary": new_leader,
+        "backups": [(b["label"], b["type"]) for b in after]})
+
+
+def _roles() -> tuple[str, str, list[dict[str, Any]]]:
+    listing = failover.wait_healthy()
+    leader = failover.leader_of(listing)
+    sync = next((m["Member"] for m in listing if m["Role"] == "Sync Standby"), None)
+    assert leader is not None and sync is not None, listing
+    return leader, sync, listing
+
+
+def common_record(record: dict, victim: str, runner: str, figures: dict, health: dict,
+                  details: dict) -> None:
+    from drills.suite import record_outcome
+
+    record_outcome(record, victim, runner, figures, health, rejoin_s=health.get("all_s"),
+                   details=details)
+
+
+def restore_to(target: str) -> dict[str, Any]:
+    """tools.restore on the local stack, as an operator runs it (the restore node: node-a)."""
+    nodes = restore_tool.targets("local", {})
+    return restore_tool.restore(nodes, nodes[0], target, say=lambda m: print(m, flush=True))
+
+
+def pitr(suite: Any, record: dict) -> None:
+    leader, sync, _ = _roles()
+    runner = next(n for n in NODES if n not in (leader, sync))
+    password = suite.secrets.db
+    failover.prepare(password)
+    writer = DbWriter(runner, password)
+    time.sleep(10)
+    target_at = time.time()
+    time.sleep(2)
+    deleted = failover.psql(
+        runner, f"WITH d AS (DELETE FROM {failover.SCHEMA}.writes WHERE run = '{writer.run}' "
+        "RETURNING 1) SELECT count(*) FROM d", password)
+    time.sleep(3)
+    lines = writer.stop()
+    # The WAL past T archived (recovery must see a commit after T to stop there).
+    ssh(primary(), f"runuser -u postgres -- pgbackrest --stanza={STANZA} check")
+    target = restore_tool.utc_target(
+        datetime.datetime.fromtimestamp(target_at, datetime.UTC).isoformat()
+    )
+    restored = restore_to(target)
+    health = suite.healthy(since=time.time(), timeout=900)
+    stored = failover.psql(runner, f"SELECT seq FROM {failover.SCHEMA}.writes WHERE run = "
+                           f"'{writer.run}'", password)
+    present = {int(s) for s in stored.split()}
+    oks = [line.split() for line in lines if line.startswith("ok ")]
+    before = [int(p[1]) for p in oks if float(p[3]) < target_at]
+    after = [int(p[1]) for p in oks if float(p[2]) > target_at]
+    missing = sorted(set(before) - present)
+    resurrected = sorted(set(after) & present)
+    record["checks"].update({
+        "every row acknowledged before T is there": not missing,
+        "no row started after T is there": not resurrected,
+        "the DELETE removed the rows before the restore": int(deleted.strip() or 0) > 0,
+        "the restore took at most 10 minutes": restored["total_s"] <= 600,
+    })
+    record.update(
+        victim="cluster", runner=runner,
+        outage_s={"db": restored["downtime_s"], "broker": None, "airflow": None},
+        lost={"rows": len(missing)}, rejoin_s=restored["replicas_back_s"],
+        healthy_after_s=health.get("all_s"),
+        details={"restore": restored, "acked_before_t": len(before), "started_after_t":
+                 len(after), "deleted": deleted.strip(), "health": health},
+    )
+
+
+def task_log(suite: Any, record: dict) -> None:
+    """A finished task of node-c, its log read through node-a after node-c is stopped."""
+    victim, reader = "node-c", "node-a"
+    api = Api(reader)
+    found = None
+    deadline = time.time() + 600
+    attempt = 0
+    while found is None and time.time() < deadline:
+        attempt += 1
+        run_id = f"task-log-{int(time.time())}-{attempt}"
+        api.patch(f"/api/v2/dags/{PROBE_DAG_ID}", {"is_paused": False})
+        api.post(f"/api/v2/dags/{PROBE_DAG_ID}/dagRuns",
+                 {"dag_run_id": run_id, "logical_date": None, "conf": {"seconds": 1}})
+        state = _wait_run(api, run_id)
+        tis = api.get(f"/api/v2/dags/{PROBE_DAG_ID}/dagRuns/{run_id}/taskInstances")
+        ti = tis["task_instances"][0]
+        if state == "success" and ti["hostname"] == victim:
+            found = (run_id, ti["task_id"], ti["try_number"])
+    assert found is not None, f"no probe task ran on {victim} in 10 minutes"
+    run_id, task_id, try_number = found
+    path = (f"/api/v2/dags/{PROBE_DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}/logs/"
+            f"{try_number}?full_content=true")
+    with_node = _log_text(api.get(path))
+    event = common.stop_machine(victim)
+    try:
+        without_node = _log_text(api.get(path, attempts=10))
+    finally:
+        common.start_machine(victim)
+    health = suite.healthy(since=event, timeout=900)
+    record["checks"].update({
+        "the log was read from the object storage": "s3://" in without_node
+        or "Found remote logs" in without_node or "remote" in without_node.lower(),
+        "the log is whole without the node that ran it": _finished(without_node),
+        "the same log with the node up": _finished(with_node),
+    })
+    record.update(victim=victim, runner=reader, outage_s={}, lost={"logs": 0 if _finished(
+        without_node) else 1}, rejoin_s=health.get("all_s"), healthy_after_s=health.get("all_s"),
+        details={"run_id": run_id, "log_tail": without_node[-600:], "health": health})
+
+
+def _log_text(reply: dict) -> str:
+    content = reply.get("content", "")
+    if isinstance(content, list):
+        return "\n".join(json.dumps(c) if not isinstance(c, str) else c for c in content)
+    return str(content)
+
+
+def _finished(text: str) -> bool:
+    return "sleep" in text and ("Task instance in success state" in text
+                                or "exit code 0" in text.lower() or "returncode=0" in text)
+
+
+def _wait_run(api: Api, run_id: str, timeout: float = 300) -> str:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        state = api.get(f"/api/v2/dags/{PROBE_DAG_ID}/dagRuns/{run_id}")["state"]
+        if state in ("success", "failed"):
+            return state
+        time.sleep(2)
+    return "timeout"
+
+
+def total_loss(suite: Any, record: dict) -> None:
+    """Every machine and disk destroyed, fresh ones deployed, the cluster restored (--latest)."""
+    password = suite.secrets.db
+    leader, sync, _ = _roles()
+    runner = next(n for n in NODES if n not in (leader, sync))
+    failover.prepare(password)
+    writer = DbWriter(runner, password)
+    time.sleep(30)
+    lost_at = time.time()
+    lines = writer.stop()
+    subprocess.run([sys.executable, "-m", "tools.localcloud", "down", "--purge"], cwd=REPO,
+                   check=True, timeout=900)
+    started = time.time()
+    subprocess.run([sys.executable, "-m", "tools.localcloud", "up"], cwd=REPO, check=True,
+                   timeout=1800)
+    first = subprocess.run([sys.executable, "-m", "tools.deploy", "--stack", "local"], cwd=REPO,
+                           capture_output=True, text=True, timeout=3600)
+    restored = restore_to("latest")
+    second = subprocess.run([sys.executable, "-m", "tools.deploy", "--stack", "local"], cwd=REPO,
+                            capture_output=True, text=True, timeout=3600)
+    health = suite.healthy(since=time.time(), timeout=900)
+    working = time.time()
+    stored = failover.psql(runner, f"SELECT seq FROM {failover.SCHEMA}.writes WHERE run = "
+                           f"'{writer.run}'", password)
+    present = {int(s) for s in stored.split()}
+    oks = [(int(p[1]), float(p[3])) for p in (line.split() for line in lines) if p[:1] == ["ok"]]
+    missing = [(seq, at) for seq, at in oks if seq not in present]
+    rpo = round(lost_at - min(at for _, at in missing), 1) if missing else 0.0
+    record["checks"].update({
+        "the first deploy stopped at the repository of the lost cluster": first.returncode != 0
+        and "restore it from the repository" in first.stdout + first.stderr,
+        "the deploy after the restore succeeded": second.returncode == 0,
+        "RPO within archive_timeout (60 s)": rpo <= 60,
+    })
+    record.update(
+        victim="every node", runner=runner, outage_s={}, lost={"rows_beyond_rpo": 0 if rpo <= 60
+                                                              else len(missing)},
+        rejoin_s=round(working - started, 1), healthy_after_s=health.get("all_s"),
+        details={"rpo_s": rpo, "rows_lost": len(missing), "acked": len(oks),
+                 "to_working_airflow_s": round(working - started, 1), "restore": restored,
+                 "health": health, "first_deploy_tail": (first.stdout + first.stderr)[-800:]},
+    )
