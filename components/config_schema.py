@@ -699,7 +699,13 @@ on_calendar = matcher(
 
 
 def pem_certificate(value: Any, key: str) -> str:
-    text = as_str(value, key, "a PEM certificate")
+    # Not as_str: a PEM certificate is the one text here that spans lines (the pattern lets
+    # whitespace and base64 through, nothing else).
+    if not isinstance(value, str):
+        raise ConfigError(
+            key, f"expected a PEM certificate, found {describe(value)}", "write a PEM certificate"
+        )
+    text = value
     if not PEM_CERT_RE.match(text):
         raise ConfigError(
             key, "is not a PEM certificate",
