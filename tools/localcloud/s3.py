@@ -343,7 +343,9 @@ def ensure_bucket(endpoint: Endpoint, bucket: str = S3_BUCKET) -> bool:
     return True
 
 
-def up(endpoint: Endpoint | None = None, bucket: str = S3_BUCKET) -> None:
+def up(
+    endpoint: Endpoint | None = None, bucket: str = S3_BUCKET, python: str | None = None
+) -> None:
     """The endpoint running with its bucket: certificates made if missing, the server started
     unless one already answers, the bucket created if missing."""
     endpoint = endpoint or Endpoint()
@@ -354,7 +356,7 @@ def up(endpoint: Endpoint | None = None, bucket: str = S3_BUCKET) -> None:
         state = f"already running (pid {pid})"
     else:
         stop(endpoint)  # a server that does not answer
-        pid = start(endpoint)
+        pid = start(endpoint, python)
         state = f"started (pid {pid}, log {endpoint.log})"
     created = ensure_bucket(endpoint, bucket)
     log(
