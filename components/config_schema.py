@@ -701,8 +701,14 @@ on_calendar = matcher(
 
 
 def pem_certificate(value: Any, key: str) -> str:
-    # Not as_str: a PEM certificate is the one value of several lines.
-    if not isinstance(value, str) or not PEM_CERT_RE.match(value):
+    # Not as_str: a PEM certificate is the one text here that spans lines (the pattern lets
+    # whitespace and base64 through, nothing else).
+    if not isinstance(value, str):
+        raise ConfigError(
+            key, f"expected a PEM certificate, found {describe(value)}", "write a PEM certificate"
+        )
+    text = value
+    if not PEM_CERT_RE.match(text):
         raise ConfigError(
             key, "is not a PEM certificate",
             "give the CA certificate's text, -----BEGIN CERTIFICATE----- to its END line",

@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 
 from tools.engine import (
+    OBJECT_STORAGE_SECRETS,
+    RENDER_CA_CERTIFICATE,
     Engine,
     fake_host_keys,
     fake_ssh_private_key,
@@ -16,6 +18,7 @@ from tools.engine import (
     load_stack_file,
     run_program,
     stack_path,
+    with_ca_certificate,
     with_host_keys,
 )
 
@@ -23,11 +26,15 @@ LOCAL_PUBLIC_KEY = fake_ssh_public_key("local")
 
 
 def stack_values(stack: str) -> dict[str, Any]:
-    """The committed stack file's values, with a placeholder private key."""
+    """The committed stack file's values, with a placeholder private key (the local stack: and
+    what tools.localcloud makes, as the offline render stands it in)."""
     values = load_stack_file(stack_path(stack))
     if stack == "local":
         values.setdefault("sshPublicKey", LOCAL_PUBLIC_KEY)
         values = with_host_keys(values, fake_host_keys(values))
+        values = with_ca_certificate(values, RENDER_CA_CERTIFICATE)
+        for key in OBJECT_STORAGE_SECRETS:  # as the offline render has them
+            values.setdefault(key, f"<secret:{key}>")
     # A private key whose public half is sshPublicKey's, as in a stack between rotations.
     values.setdefault("sshPrivateKey", fake_ssh_private_key(values["sshPublicKey"]))
     return values

@@ -42,6 +42,7 @@ from tools.engine import (
     parse_step,
     run_program,
     stack_path,
+    with_ca_certificate,
     with_host_keys,
 )
 from tools.localcloud.lock import ClusterLock
@@ -488,10 +489,22 @@ class DeployEngine(Engine):
 
 
 def local_stack_values(values: dict[str, Any]) -> dict[str, Any]:
-    """The local stack logs in with the key tools.localcloud generated (never committed) and
-    checks the machines' host keys, which the local cloud generated into their disks."""
-    from tools.localcloud.machines import SSH_KEY_PATH
+    """The local stack logs in with the key tools.localcloud generated (never committed),
+    checks the machines' host keys, which the local cloud generated into their disks, and
+    gives the nodes its S3 endpoint's CA and the endpoint's fixed test credentials."""
+    from tools.localcloud.machines import S3_ACCESS_KEY, S3_CA, S3_SECRET_KEY, SSH_KEY_PATH
 
+    storage = values.get("objectStorage")
+    if isinstance(storage, dict):
+        ca_path = Path(S3_CA)
+        if "caCertificate" not in storage and not ca_path.exists():
+            raise SystemExit(
+                f"no S3 endpoint CA at {ca_path}: run `python3 -m tools.localcloud up` first"
+            )
+        if "caCertificate" not in storage:
+            values = with_ca_certificate(values, ca_path.read_text())
+        values.setdefault("objectStorageAccessKey", S3_ACCESS_KEY)
+        values.setdefault("objectStorageSecretKey", S3_SECRET_KEY)
     key_path = Path(SSH_KEY_PATH)
     if not key_path.exists():
         raise SystemExit(f"no SSH key at {key_path}: run `python3 -m tools.localcloud up` first")

@@ -27,7 +27,11 @@ from components.config_schema import describe
 
 REPO = Path(__file__).resolve().parent.parent
 STACKS_DIR = REPO / "stacks"
-SECRET_CONFIG_KEYS = ("sshPrivateKey",)
+SECRET_CONFIG_KEYS = ("sshPrivateKey", "objectStorageAccessKey", "objectStorageSecretKey")
+# The secrets an offline render stands in for when the stack file holds none; the object
+# storage's credentials only with objectStorage (without it they are refused).
+ALWAYS_NEEDED_SECRETS = ("sshPrivateKey",)
+OBJECT_STORAGE_SECRETS = ("objectStorageAccessKey", "objectStorageSecretKey")
 COMMAND = "command:remote:Command"  # a step
 STEP_HEADER = re.compile(r'^# airflow-ha step "(?P<step>[^"]+)" on node (?P<node>\S+)', re.M)
 PRINTS = re.compile(r"^# prints: (?P<keys>.+?) \(as key=value lines\)$", re.M)
@@ -213,6 +217,35 @@ def with_host_keys(values: dict[str, Any], keys: dict[str, str]) -> dict[str, An
     return values
 
 
+# A real self-signed CA certificate whose key was thrown away when it was made: the offline
+# render's stand-in for the local cloud's S3 CA (tools/localcloud/s3.py makes the real one).
+RENDER_CA_CERTIFICATE = """\
+-----BEGIN CERTIFICATE-----
+MIIB5zCCAY2gAwIBAgIUbA21aEtExXgBNe1k2XNlFoKf6VwwCgYIKoZIzj0EAwIw
+QDE+MDwGA1UEAww1YWlyZmxvdy1oYSBvZmZsaW5lIHJlbmRlciBzdGFuZC1pbiBD
+QSAoa2V5IGRpc2NhcmRlZCkwIBcNMjYxMjAyMjIxODU2WhgPMjEyNjExMDgyMjE4
+NTZaMEAxPjA8BgNVBAMMNWFpcmZsb3ctaGEgb2ZmbGluZSByZW5kZXIgc3RhbmQt
+aW4gQ0EgKGtleSBkaXNjYXJkZWQpMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE
+w9otC8s9r52J70cg+QIBXn1Plj2589IB4ox9DW7iHrBOonlWLmZgvJEmmE+jA7xh
+Uao7fwgZZrNhZiULB8ff8KNjMGEwHQYDVR0OBBYEFBNi9G3DQJpDvxMWaKnYW9Od
+vHEIMB8GA1UdIwQYMBaAFBNi9G3DQJpDvxMWaKnYW9OdvHEIMA8GA1UdEwEB/wQF
+MAMBAf8wDgYDVR0PAQH/BAQDAgEGMAoGCCqGSM49BAMCA0gAMEUCIQDk2BgKFr7p
+EfBTc7b5JgBEwDL0iR9sb0ajdWHWiZbcoQIgVkOrJqAOmzfYszLjlnVrkSLIaBwf
+EAan1cG5vnW8kT4=
+-----END CERTIFICATE-----
+"""
+
+
+def with_ca_certificate(values: dict[str, Any], pem: str) -> dict[str, Any]:
+    """The stack's values with `pem` as objectStorage.caCertificate where the stack has
+    objectStorage without one: the local stack's endpoint has a CA tools.localcloud made
+    (tools.deploy reads it), which the offline render stands in for."""
+    storage = values.get("objectStorage")
+    if isinstance(storage, dict) and "caCertificate" not in storage:
+        values["objectStorage"] = {**storage, "caCertificate": pem}
+    return values
+
+
 def fake_host_keys(values: dict[str, Any]) -> dict[str, str]:
     """A well-formed ssh-ed25519 host key per node name of the stack (not a usable key)."""
     nodes = values.get("nodes") if isinstance(values.get("nodes"), list) else []
@@ -350,7 +383,8 @@ def config_for_engine(
     """Turn stack values into the SDK's config map (objects as JSON) and its secret keys.
 
     `secure:` values cannot be decrypted without the CLI: they become placeholders, and so do
-    secret keys the file does not hold, so that an offline render needs no credentials.
+    the secrets the program needs that the file does not hold (sshPrivateKey; with
+    objectStorage its credentials), so that an offline render needs no credentials.
     """
     config: dict[str, str] = {}
     secret_keys: list[str] = []
@@ -362,7 +396,10 @@ def config_for_engine(
         # default=str: YAML dates and the like reach the validators as text, not a TypeError.
         config[full] = value if isinstance(value, str) else json.dumps(value, default=str)
     if placeholders:
-        for key in SECRET_CONFIG_KEYS:
+        needed = ALWAYS_NEEDED_SECRETS
+        if values.get("objectStorage") is not None:
+            needed += OBJECT_STORAGE_SECRETS
+        for key in needed:
             full = f"{NAMESPACE}:{key}"
             if full not in config:
                 config[full] = f"<secret:{key}>"

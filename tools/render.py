@@ -36,6 +36,7 @@ from components.config import ConfigError
 from components.remote import FILE_DELIMITER, TEMPLATES_DIR
 from tools.engine import (
     FILE_BLOCK,
+    RENDER_CA_CERTIFICATE,
     REPO,
     STACKS_DIR,
     Engine,
@@ -46,6 +47,7 @@ from tools.engine import (
     parse_step,
     run_program,
     stack_path,
+    with_ca_certificate,
     with_host_keys,
 )
 
@@ -179,8 +181,9 @@ def render_stack(stack: str, out: Path, path: Path | None = None, golden: bool =
     started = time.monotonic()
     engine = RenderEngine()
     values = load_stack_file(path or stack_path(stack))
-    if stack == "local":  # the machines' keys exist once tools.localcloud made them
+    if stack == "local":  # the machines' keys and the S3 CA exist once tools.localcloud made them
         values = with_host_keys(values, fake_host_keys(values))
+        values = with_ca_certificate(values, RENDER_CA_CERTIFICATE)
     outputs = run_program(values, engine, stack)
     files = write_render(engine, out, golden)
     shown = {k: "[secret]" if k in engine.secret_outputs else v for k, v in outputs.items()}

@@ -560,3 +560,20 @@ def test_postgres_parameters_are_parsed_to_plain_values() -> None:
     )
     assert cfg.postgres_parameters == {"shared_buffers": "512MB", "max_connections": 400,
                                        "jit": "off", "auto_explain.log_min_duration": "250ms"}
+
+
+def test_object_storage_takes_a_multi_line_pem_ca_certificate() -> None:
+    """caCertificate is a PEM text: its lines pass, anything but a certificate does not."""
+    from tools.engine import RENDER_CA_CERTIFICATE
+
+    storage = {"endpoint": "172.31.77.1", "port": 9000, "region": "us-east-1",
+               "bucket": "airflow-ha-local", "uriStyle": "path"}
+    keys = {"objectStorageAccessKey": "a", "objectStorageSecretKey": "s"}
+    chain = RENDER_CA_CERTIFICATE.replace("\n", "\r\n") * 2
+    for pem in (RENDER_CA_CERTIFICATE, chain):
+        config = parse_config(_dev(objectStorage={**storage, "caCertificate": pem}, **keys))
+        assert config.object_storage.ca_certificate == pem.strip() + "\n"
+    for bad in ("not a certificate", RENDER_CA_CERTIFICATE.replace("-----END", "\x07-----END"),
+                ["-----BEGIN CERTIFICATE-----"]):
+        with pytest.raises(ConfigError, match=r"objectStorage\.caCertificate: "):
+            parse_config(_dev(objectStorage={**storage, "caCertificate": bad}, **keys))

@@ -310,6 +310,8 @@ def _stack_file(tmp_path: Path) -> Path:
     data = yaml.safe_load(stack_path(STACK).read_text())
     data["config"]["airflow-ha:sshPrivateKey"] = fake_ssh_private_key(LOCAL_PUBLIC_KEY)
     data["config"]["airflow-ha:sshPublicKey"] = LOCAL_PUBLIC_KEY
+    data["config"]["airflow-ha:objectStorageAccessKey"] = "test-access-key"
+    data["config"]["airflow-ha:objectStorageSecretKey"] = "test-secret-key"
     nodes = {"nodes": data["config"]["airflow-ha:nodes"]}
     data["config"]["airflow-ha:nodes"] = with_host_keys(nodes, fake_host_keys(nodes))["nodes"]
     path = tmp_path / "Pulumi.t.yaml"
@@ -439,6 +441,35 @@ def test_the_local_stack_takes_the_machines_host_keys(tmp_path, monkeypatch) -> 
     monkeypatch.setattr(deploy, "host_keys", lambda: keys)
     values = deploy.local_stack_values(stack_values(STACK) | {"nodes": _committed_nodes()})
     assert {n["name"]: n["hostKey"] for n in values["nodes"]} == keys
+
+
+def test_the_local_stack_takes_the_s3_endpoints_ca_and_credentials(tmp_path, monkeypatch) -> None:
+    """objectStorage of the committed local stack gets the CA tools.localcloud made and the
+    endpoint's fixed credentials, which the config then accepts; no CA yet: a clear stop."""
+    from components.config import parse_config
+    from tools.engine import RENDER_CA_CERTIFICATE, load_stack_file
+    from tools.localcloud import machines
+
+    key_file = tmp_path / "id"
+    key_file.write_text(fake_ssh_private_key(LOCAL_PUBLIC_KEY))
+    (tmp_path / "id.pub").write_text(LOCAL_PUBLIC_KEY)
+    monkeypatch.setattr(machines, "SSH_KEY_PATH", key_file)
+    monkeypatch.setattr(machines, "S3_CA", tmp_path / "s3" / "ca.pem")
+    monkeypatch.setattr(deploy, "host_keys", lambda: fake_host_keys(stack_values(STACK)))
+    with pytest.raises(SystemExit, match="no S3 endpoint CA"):
+        deploy.local_stack_values(load_stack_file(stack_path(STACK)))
+    (tmp_path / "s3").mkdir()
+    (tmp_path / "s3" / "ca.pem").write_text(RENDER_CA_CERTIFICATE)
+    values = deploy.local_stack_values(load_stack_file(stack_path(STACK)))
+    assert values["objectStorage"]["caCertificate"] == RENDER_CA_CERTIFICATE
+    assert values["objectStorageAccessKey"] == machines.S3_ACCESS_KEY
+    assert values["objectStorageSecretKey"] == machines.S3_SECRET_KEY
+    storage = parse_config(values, stack=STACK).object_storage
+    assert (storage.endpoint, storage.port, storage.bucket) == (
+        machines.GATEWAY, machines.S3_PORT, machines.S3_BUCKET,
+    )
+    assert (storage.region, storage.uri_style) == (machines.S3_REGION, "path")
+    assert storage.ca_certificate == RENDER_CA_CERTIFICATE
 
 
 def _committed_nodes() -> list[dict]:

@@ -1,4 +1,4 @@
-"""Command line: python3 -m tools.localcloud up|down|status|stop|start|partition|heal|ssh."""
+"""Command line: python3 -m tools.localcloud up|down|status|stop|start|partition|heal|ssh|s3."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
-from . import base, net, runtime
+from . import base, net, runtime, s3
 from .machines import (
     BASE_DIR,
     BRIDGE,
@@ -146,6 +146,7 @@ def cmd_up(_: argparse.Namespace) -> int:
         ensure_ssh_key()
         ensure_network()
         log(f"network: bridge {BRIDGE}, nft table inet {NFT_TABLE}, ip_forward=1")
+        s3.up()  # on the bridge's address, which now exists
         to_start = []
         for machine in MACHINES:
             if runtime.is_running(machine):
@@ -199,6 +200,7 @@ def cmd_down(args: argparse.Namespace) -> int:
             runtime.cleanup(machine)
         for machine in running:
             log(f"{machine.name}: powered off")
+        s3.down()
         net.partitions_down()
         net.firewall_down()
         net.bridge_down()
@@ -215,7 +217,10 @@ def cmd_down(args: argparse.Namespace) -> int:
         if args.purge:
             if STATE_DIR.exists():
                 shutil.rmtree(STATE_DIR)
-            log(f"purged {STATE_DIR} (machine disks, ssh key); base cache kept at {BASE_DIR}")
+            log(
+                f"purged {STATE_DIR} (machine disks, ssh key, the S3 endpoint's CA); "
+                f"base cache kept at {BASE_DIR}"
+            )
         else:
             log(f"disks kept in {runtime.MACHINES_DIR}; base cache at {BASE_DIR}")
     return 0
@@ -245,6 +250,13 @@ def cmd_status(_: argparse.Namespace) -> int:
         f"nft bridge {PARTITION_TABLE}: {yes(net.nft_table_exists('bridge', PARTITION_TABLE))}"
     )
     log(f"base image: {base.installed_recipe() or 'none'} ({BASE_DIR})")
+    log(s3.status())
+    return 0
+
+
+def cmd_s3(_: argparse.Namespace) -> int:
+    require_root()
+    log(s3.status())
     return 0
 
 
@@ -308,14 +320,16 @@ def build_parser() -> argparse.ArgumentParser:
     names = [m.name for m in MACHINES]
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Three local Debian 13 machines (systemd-nspawn) for airflow-ha tests.",
+        description="Three local Debian 13 machines (systemd-nspawn) and an S3 endpoint.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("up", help="build/reuse the base image, start all machines").set_defaults(
-        func=cmd_up
+    sub.add_parser(
+        "up", help="build/reuse the base image, start the S3 endpoint and all machines"
+    ).set_defaults(func=cmd_up)
+    down = sub.add_parser(
+        "down", help="stop everything (the S3 endpoint: its buckets are lost), clean the host"
     )
-    down = sub.add_parser("down", help="stop everything and clean the host")
-    down.add_argument("--purge", action="store_true", help="also delete disks and the ssh key")
+    down.add_argument("--purge", action="store_true", help="also delete disks, ssh key, S3 CA")
     down.set_defaults(func=cmd_down)
     sub.add_parser("status", help="one line per machine").set_defaults(func=cmd_status)
     stop = sub.add_parser("stop", help="power off one machine, keep its disk")
@@ -337,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     ssh.add_argument("name", choices=names)
     ssh.add_argument("command", nargs=argparse.REMAINDER, help="command to run (default: shell)")
     ssh.set_defaults(func=cmd_ssh)
+    sub.add_parser(
+        "s3", help="the S3 endpoint (object storage stand-in): state, bucket, CA"
+    ).set_defaults(func=cmd_s3)
     return parser
 
 

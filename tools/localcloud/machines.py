@@ -49,6 +49,17 @@ MACHINES_DIR = STATE_DIR / "machines"
 KNOWN_HOSTS = STATE_DIR / "known_hosts"
 HOST_KEY_FILE = "etc/ssh/ssh_host_ed25519_key.pub"
 
+# The S3 endpoint (tools/localcloud/s3.py) that stands in for the cloud's object storage: moto's
+# S3 over HTTPS on the bridge address, its certificate signed by a CA of its own. moto takes any
+# credentials; these fixed ones are what the local stack gives the nodes (tools.deploy).
+S3_DIR = STATE_DIR / "s3"
+S3_CA = S3_DIR / "ca.pem"
+S3_PORT = 9000
+S3_BUCKET = "airflow-ha-local"
+S3_REGION = "us-east-1"
+S3_ACCESS_KEY = "AFHALOCALTESTACCESS"
+S3_SECRET_KEY = "airflow-ha-local-test-secret-not-a-secret"
+
 SSH_USER = "root"
 # Every host key is checked (tools.deploy adds its own known_hosts file to these; ssh takes the
 # first value of an option, so the file is not part of them).

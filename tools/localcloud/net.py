@@ -20,8 +20,9 @@ from .util import LocalCloudError, run
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 IP_FORWARD_SAVED = STATE_DIR / "ip_forward.orig"
 
-# Machines may reach each other and the bridge address; towards anything else only DNS and
-# HTTP(S) leave (masqueraded), and only replies come back. The host's other addresses are closed.
+# Machines may reach each other and the bridge address (where the S3 endpoint listens,
+# GATEWAY:S3_PORT); towards anything else only DNS and HTTP(S) leave (masqueraded), and only
+# replies come back. The host's other addresses are closed.
 NAT_RULESET = f"""\
 table inet {NFT_TABLE}
 delete table inet {NFT_TABLE}

@@ -18,6 +18,7 @@ REQUIRED_COMMANDS: dict[str, str] = {
     "ssh-keygen": "openssh-client",
     "setsid": "util-linux",
     "mount": "mount",
+    "openssl": "openssl",  # the S3 endpoint's CA and certificate
 }
 
 
