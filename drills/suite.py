@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from drills import broker, common, failover
+from drills import backup, broker, common, failover
 from drills.common import Agent
 from drills.nodes import NODES, Log, say, ssh
 from drills.workload import DbWriter, Secrets, Workloads, ensure_probe_dag
@@ -658,8 +658,14 @@ def catalogue(quick: bool) -> list[tuple[str, str, Callable[[Suite, dict], None]
         ("machine-stop", "whole machine killed during a DAG run, then started", machine_stop),
         ("partition", "network partition of the primary's machine, then healed", partition),
         ("region-lost", "region lost: primary's machine partitioned + killed", region_lost),
+        ("backup-basics", "backups follow the primary (diff, switchover, diff)", backup.basics),
+        ("pitr", "point-in-time restore to before a destructive DELETE", backup.pitr),
+        ("task-log", "a task's log read with the node that ran it stopped", backup.task_log),
+        ("total-loss", "every machine and disk lost, restored from the repository",
+         backup.total_loss),
     ]
     if quick:
-        full_only = ("db-crash-defaults", "scheduler-all", "scheduler-one", "region-lost")
+        full_only = ("db-crash-defaults", "scheduler-all", "scheduler-one", "region-lost",
+                     "total-loss")
         drills = [d for d in drills if d[0] not in full_only]
     return drills

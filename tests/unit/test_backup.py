@@ -27,6 +27,14 @@ KEYS = {"objectStorageAccessKey": "AKIAEXAMPLEKEY", "objectStorageSecretKey": "s
 STANZA = "airflow-ha-local"
 
 
+def _without_storage(values: Any, **overrides: Any) -> dict[str, Any]:
+    """The local stack as if it had no objectStorage (the committed one has the local cloud's)."""
+    plain = values("local")
+    for key in ("objectStorage", "objectStorageAccessKey", "objectStorageSecretKey"):
+        plain.pop(key, None)
+    return {**plain, **overrides}
+
+
 def _with_storage(values: Any, **extra: Any) -> dict[str, Any]:
     return values("local", objectStorage={**STORAGE, **extra.pop("storage", {})}, **KEYS, **extra)
 
@@ -56,7 +64,7 @@ def test_every_node_gets_pgbackrest_then_waits_for_the_repository(engine: Engine
 
 def test_no_object_storage_no_backup_tier_and_no_archiving(values: Any) -> None:
     engine = Engine()
-    run_program(values("local"), engine, "local")
+    run_program(_without_storage(values), engine, "local")
     assert not [s for s in engine.steps() if s.step.startswith("backup-")]
     patroni = yaml.safe_load(_file(_step(engine, "patroni"), "/etc/patroni/config.yml")[2])
     assert "archive_command" not in patroni["bootstrap"]["dcs"]["postgresql"]["parameters"]
@@ -241,7 +249,7 @@ def test_a_repository_of_another_cluster_fails_at_once_with_the_way_out(
 
 
 def _parse(values: Any, **overrides: Any) -> Any:
-    return parse_config(values("local", **overrides), stack="local")
+    return parse_config(_without_storage(values, **overrides), stack="local")
 
 
 def test_without_object_storage_there_are_no_backups(values: Any) -> None:

@@ -25,6 +25,8 @@ EXPECTED = {
     "/etc/csync2.key_airflow_dags": ("0600", "root:root"),
     "/etc/patroni/config.yml": ("0600", "postgres:postgres"),
     "/etc/airflow/airflow.cfg": ("0640", "root:airflow"),
+    # archive-push and the backups run as postgres.
+    "/etc/pgbackrest/pgbackrest.conf": ("0640", "root:postgres"),
 }
 BUILTINS = {"printf", "echo", "local", "export", "readonly", "declare", "[", "test", "if", "elif"}
 ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
