@@ -272,6 +272,9 @@ def test_install_is_fully_pinned_with_hashes(local) -> None:
     assert pins["celery"] == "5.6.3"  # 5.7.0 breaks the celery provider
     for package in ("apache-airflow-providers-celery", "apache-airflow-providers-fab", "flower"):
         assert package in pins
+    # The S3 task log handler (objectStorage) and the boto3 it talks through.
+    for package in ("apache-airflow-providers-amazon", "boto3", "botocore"):
+        assert package in pins
     assert lock.count("--hash=sha256:") >= len(requirements)
 
 
