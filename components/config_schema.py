@@ -699,8 +699,13 @@ on_calendar = matcher(
 
 
 def pem_certificate(value: Any, key: str) -> str:
-    text = as_str(value, key, "a PEM certificate")
-    if not PEM_CERT_RE.match(text):
+    # Not as_str, which refuses every control character: a PEM is lines.
+    if not isinstance(value, str):
+        raise ConfigError(key, f"expected a PEM certificate, found {describe(value)}",
+                          "write a PEM certificate")
+    text = value
+    lines_only = not _CONTROL.search(re.sub(r"[\t\r\n]", "", text))
+    if not (lines_only and PEM_CERT_RE.match(text)):
         raise ConfigError(
             key, "is not a PEM certificate",
             "give the CA certificate's text, -----BEGIN CERTIFICATE----- to its END line",

@@ -6,8 +6,9 @@ cd "$(dirname "$0")/.."
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   # debootstrap/systemd-container/nftables: the local machines; haproxy, shellcheck and
   # wireguard-tools: checks of rendered files by the real tools (csync2 too: the DAG sync
-  # config). No recommends: wireguard-tools would pull in a kernel.
-  packages=(debootstrap systemd-container nftables haproxy shellcheck wireguard-tools csync2 openssh-client make)
+  # config; openssl: a test CA for objectStorage). No recommends: wireguard-tools would pull
+  # in a kernel.
+  packages=(debootstrap systemd-container nftables haproxy shellcheck wireguard-tools csync2 openssh-client openssl make)
   missing=()
   for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -560,3 +560,19 @@ def test_postgres_parameters_are_parsed_to_plain_values() -> None:
     )
     assert cfg.postgres_parameters == {"shared_buffers": "512MB", "max_connections": 400,
                                        "jit": "off", "auto_explain.log_min_duration": "250ms"}
+
+
+def _with_storage(**storage: Any) -> dict[str, Any]:
+    fields = {"endpoint": "fsn1.your-objectstorage.com", "region": "fsn1", "bucket": "acme-logs"}
+    return _dev(objectStorage={**fields, **storage}, objectStorageAccessKey="AKIAEXAMPLE",
+                objectStorageSecretKey="secret/example+key")
+
+
+def test_object_storage_takes_its_ca_certificate_as_pem_lines(ca_certificate: str) -> None:
+    storage = parse_config(_with_storage(caCertificate=ca_certificate)).object_storage
+    assert storage.ca_certificate == ca_certificate.strip() + "\n"
+    assert storage.url == "https://fsn1.your-objectstorage.com:443"
+    assert (storage.uri_style, storage.access_key) == ("host", "AKIAEXAMPLE")
+    for bad in (ca_certificate.replace("\n", "\n\x07", 1), "not a certificate"):
+        with pytest.raises(ConfigError, match="is not a PEM certificate"):
+            parse_config(_with_storage(caCertificate=bad))
