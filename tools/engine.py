@@ -27,7 +27,9 @@ from components.config_schema import describe
 
 REPO = Path(__file__).resolve().parent.parent
 STACKS_DIR = REPO / "stacks"
-SECRET_CONFIG_KEYS = ("sshPrivateKey",)
+SECRET_CONFIG_KEYS = ("sshPrivateKey", "objectStorageAccessKey", "objectStorageSecretKey")
+# Secret keys a stack needs only with another key set: their placeholder only then.
+NEEDED_WITH = {"objectStorageAccessKey": "objectStorage", "objectStorageSecretKey": "objectStorage"}
 COMMAND = "command:remote:Command"  # a step
 STEP_HEADER = re.compile(r'^# airflow-ha step "(?P<step>[^"]+)" on node (?P<node>\S+)', re.M)
 PRINTS = re.compile(r"^# prints: (?P<keys>.+?) \(as key=value lines\)$", re.M)
@@ -364,6 +366,8 @@ def config_for_engine(
     if placeholders:
         for key in SECRET_CONFIG_KEYS:
             full = f"{NAMESPACE}:{key}"
+            if key in NEEDED_WITH and NEEDED_WITH[key] not in values:
+                continue
             if full not in config:
                 config[full] = f"<secret:{key}>"
                 secret_keys.append(full)
