@@ -16,6 +16,11 @@ can be managed in the UI. The simpler SimpleAuthManager (users in airflow.cfg, p
 file rendered on every node) would work too, but Airflow 3.3 documents it as development-only
 and logs a warning on every start of a deployment shaped like this one.
 
+Task logs: on the worker's disk, served to the UIs by its log server while the task runs. With
+objectStorage, each task's log also goes to the stack's bucket at the task's end (Airflow's
+remote logging, the amazon provider's S3 handler), and the UI on any node reads it there: a lost
+worker's logs stay readable. The connection (the bucket's keys) is a secret in the env file.
+
 Order: every node installs the venv (parallel) -> every node writes airflow.cfg, the env file
 and the units once its database and broker are ready (parallel) -> `airflow db migrate` and the
 admin user, once, from the first node -> node by node (a rolling restart), each starts (or,
@@ -35,8 +40,15 @@ from pathlib import Path
 import pulumi
 import pulumi_random as random
 
-from .config import ConfigError, NodeSpec
-from .layout import AIRFLOW_ACCOUNT, AIRFLOW_HOME, AIRFLOW_USER, DAGS_DIR, UI_PORT
+from .config import ConfigError, NodeSpec, ObjectStorage
+from .layout import (
+    AIRFLOW_ACCOUNT,
+    AIRFLOW_HOME,
+    AIRFLOW_USER,
+    DAGS_DIR,
+    OBJECT_STORAGE_CA,
+    UI_PORT,
+)
 from .nodes import Node
 from .remote import TEMPLATES_DIR, RemoteFile, content_digest, render, render_output, run_step
 from .tier import TierArgs, generated_password
@@ -155,6 +167,21 @@ RESTART_STEPS = 5
 GATED_RESTART_SEC = 1
 WORKER_STOP_TIMEOUT_S = 120
 START_WAIT_S = 300
+
+# Task logs in the object storage (objectStorage set). The connection is an environment variable
+# of every unit (the env file, root:airflow 0640): the Celery worker's task supervisor finds it
+# there when it uploads a log at the task's end, the api-servers when they read one.
+REMOTE_LOG_CONN_ID = "airflow_ha_object_storage"
+REMOTE_LOG_CONN_ENV = f"AIRFLOW_CONN_{REMOTE_LOG_CONN_ID.upper()}"
+# Airflow's logging config with a remote read that fails soft (see the template); Airflow puts
+# AIRFLOW_HOME/config on every process's sys.path.
+LOG_CONFIG_MODULE = "airflow_ha_logging"
+LOG_CONFIG = f"{AIRFLOW_HOME}/config/{LOG_CONFIG_MODULE}.py"
+# Each S3 call bounded (botocore's defaults: 60 s to connect, 5 attempts): an unreachable
+# endpoint holds a task's end (the upload) or a UI's log read for seconds, not minutes.
+S3_CONNECT_TIMEOUT_S = 5
+S3_READ_TIMEOUT_S = 10
+S3_ATTEMPTS = 3
 
 ADMIN_ROLE = "Admin"
 AUTH_MANAGER = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
@@ -310,6 +337,73 @@ def watchdog_files() -> list[RemoteFile]:
     ]
 
 
+@dataclass(frozen=True)
+class TaskLogs:
+    """Where the task logs go besides the worker's disk: the stack's object storage."""
+
+    storage: ObjectStorage
+    folder: str  # s3://<bucket>/<stack>/task-logs
+
+    @staticmethod
+    def of(storage: ObjectStorage | None, stack: str) -> TaskLogs | None:
+        if storage is None:
+            return None
+        return TaskLogs(storage, f"s3://{storage.bucket}/{stack}/task-logs")
+
+
+def object_storage_extra(storage: ObjectStorage) -> dict:
+    """The aws connection's extra (the amazon provider's AwsConnectionWrapper reads it).
+
+    The addressing style is explicit: with an endpoint_url botocore's `auto` means path style,
+    so uriStyle host (bucket.endpoint, as the backups address it) needs `virtual`."""
+    extra: dict = {
+        "endpoint_url": storage.url,
+        "region_name": storage.region,
+        "config_kwargs": {
+            "s3": {"addressing_style": "path" if storage.uri_style == "path" else "virtual"},
+            "connect_timeout": S3_CONNECT_TIMEOUT_S,
+            "read_timeout": S3_READ_TIMEOUT_S,
+            "retries": {"mode": "standard", "total_max_attempts": S3_ATTEMPTS},
+        },
+    }
+    if storage.ca_certificate is not None:
+        extra["verify"] = OBJECT_STORAGE_CA  # boto3's CA bundle for this endpoint
+    return extra
+
+
+def connection_value(login: str, password: str, extra: dict) -> str:
+    """An Airflow connection as the JSON an AIRFLOW_CONN_* variable takes.
+
+    It lands single-quoted in the env file, which systemd reads and the CLI wrapper sources as
+    shell: there a value is literal up to the next quote. JSON may write any character as a
+    \\u escape, so a ' (or a $) in a key becomes one and cannot end the quoting."""
+    text = json.dumps(
+        {"conn_type": "aws", "login": login, "password": password, "extra": extra},
+        sort_keys=True,
+    )
+    return text.replace("'", "\\u0027").replace("$", "\\u0024")
+
+
+def object_storage_connection(storage: ObjectStorage) -> pulumi.Output[str]:
+    """The task logs' connection: the bucket's keys, secret end to end."""
+    extra = object_storage_extra(storage)
+    return pulumi.Output.secret(
+        pulumi.Output.all(storage.access_key, storage.secret_key).apply(
+            lambda keys: connection_value(keys[0], keys[1], extra)
+        )
+    )
+
+
+def task_log_files(task_logs: TaskLogs | None) -> list[RemoteFile]:
+    """With objectStorage: the logging config module and the endpoint's CA (caCertificate)."""
+    if task_logs is None:
+        return []
+    files = [RemoteFile(LOG_CONFIG, render("airflow/airflow_ha_logging.py.j2", {}))]
+    if task_logs.storage.ca_certificate is not None:
+        files.append(RemoteFile(OBJECT_STORAGE_CA, task_logs.storage.ca_certificate))
+    return files
+
+
 def fernet_key(random_base64: str) -> str:
     """A Fernet key is 32 bytes in URL-safe base64; RandomBytes gives standard base64.
 
@@ -337,6 +431,7 @@ class AirflowArgs(TierArgs):
     database_ready: Mapping[str, pulumi.Resource]
     broker_urls: Mapping[str, pulumi.Output[str]]  # secret; each node's own broker first
     broker_ready: Mapping[str, pulumi.Resource]
+    task_logs: TaskLogs | None = None  # None: task logs stay on the worker that ran the task
 
 
 @dataclass(frozen=True)
@@ -402,14 +497,38 @@ def cfg_context(args: AirflowArgs, spec: NodeSpec, secrets: Secrets) -> dict:
         "fernet_key": secrets.fernet_key,
         "api_secret_key": secrets.api_secret_key,
         "jwt_secret": secrets.jwt_secret,
+        "remote_logging": remote_logging_context(args.task_logs),
     }
+
+
+def remote_logging_context(task_logs: TaskLogs | None) -> dict | None:
+    """airflow.cfg's remote logging options; None: none (the task logs stay local)."""
+    if task_logs is None:
+        return None
+    return {
+        "folder": task_logs.folder,
+        "conn_id": REMOTE_LOG_CONN_ID,
+        "config_class": f"{LOG_CONFIG_MODULE}.LOGGING_CONFIG",
+    }
+
+
+def env_file(task_logs: TaskLogs | None) -> pulumi.Input[str]:
+    """The environment of every unit and of the CLI; with objectStorage it holds the task logs'
+    connection (a secret Output then)."""
+    env = {"home": AIRFLOW_HOME, "config": AIRFLOW_CFG, "venv": VENV, "connection": None}
+    if task_logs is None:
+        return render("airflow/airflow.env.j2", env)
+    env["connection"] = {
+        "name": REMOTE_LOG_CONN_ENV,
+        "value": object_storage_connection(task_logs.storage),
+    }
+    return render_output("airflow/airflow.env.j2", env)
 
 
 def config_files(args: AirflowArgs, spec: NodeSpec, secrets: Secrets) -> list[RemoteFile]:
     """Everything the units run with: airflow.cfg, the env file, the log servers' firewall,
     the units, the gates, the watchdog and (publicUi) the TLS front."""
     owned = {"mode": "0640", "owner": f"root:{AIRFLOW_USER}"}
-    env = {"home": AIRFLOW_HOME, "config": AIRFLOW_CFG, "venv": VENV}
     rules = {"ports": [WORKER_LOG_PORT, TRIGGERER_LOG_PORT], "mesh_interface": MESH_INTERFACE}
     files = [
         RemoteFile(
@@ -417,7 +536,8 @@ def config_files(args: AirflowArgs, spec: NodeSpec, secrets: Secrets) -> list[Re
             render_output("airflow/airflow.cfg.j2", cfg_context(args, spec, secrets)),
             **owned,
         ),
-        RemoteFile(AIRFLOW_ENV, render("airflow/airflow.env.j2", env), **owned),
+        RemoteFile(AIRFLOW_ENV, env_file(args.task_logs), **owned),
+        *task_log_files(args.task_logs),
         RemoteFile(LOG_FIREWALL, render("airflow/log-servers.nft.j2", rules)),
         RemoteFile(
             f"{UNIT_DIR}/airflow-log-firewall.service",
@@ -533,6 +653,7 @@ class AirflowTier(pulumi.ComponentResource):
                 WARMUP_PLUGIN,
                 WAIT_API_SCRIPT,
                 GATED_START,
+                *(f.path for f in task_log_files(self._args.task_logs)),
                 *(f"{UNIT_DIR}/{unit}.service" for unit in self._unit_names),
             ],
             "rules": LOG_FIREWALL,

@@ -11,7 +11,7 @@ import pulumi
 from . import backup as backup_tier
 from . import broker as broker_tier
 from . import database as database_tier
-from .airflow import AirflowArgs, AirflowTier, lock_file
+from .airflow import AirflowArgs, AirflowTier, TaskLogs, lock_file
 from .backup import BackupArgs, BackupTier
 from .broker import BrokerArgs, BrokerTier
 from .config import ClusterConfig
@@ -104,6 +104,7 @@ def airflow_args(
         database_ready=database.ready,
         broker_urls=broker.node_broker_urls,
         broker_ready=broker.ready,
+        task_logs=TaskLogs.of(cfg.object_storage, cfg.stack),
     )
 
 

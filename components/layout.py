@@ -20,6 +20,10 @@ TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
 # postgres-exporter (peer authentication over the local socket: the database tier's pg_hba).
 MONITORING_USER = "prometheus"
 
+# The objectStorage's CA certificate (caCertificate), when no public CA signs the endpoint's:
+# every client of the bucket (Airflow's task logs, the backups) verifies the endpoint with it.
+OBJECT_STORAGE_CA = "/etc/airflow-ha/object-storage-ca.pem"
+
 AIRFLOW_HOME = "/opt/airflow"
 DAGS_DIR = f"{AIRFLOW_HOME}/dags"
 

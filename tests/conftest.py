@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import shutil
+import subprocess
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +25,9 @@ from tools.engine import (
 )
 
 LOCAL_PUBLIC_KEY = fake_ssh_public_key("local")
+# AWS's documentation example keys: the form real ones have.
+FAKE_ACCESS_KEY = "AKIAIOSFODNN7EXAMPLE"
+FAKE_SECRET_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 
 
 def stack_values(stack: str) -> dict[str, Any]:
@@ -37,6 +42,10 @@ def stack_values(stack: str) -> dict[str, Any]:
             values.setdefault(key, f"<secret:{key}>")
     # A private key whose public half is sshPublicKey's, as in a stack between rotations.
     values.setdefault("sshPrivateKey", fake_ssh_private_key(values["sshPublicKey"]))
+    # The bucket's keys, set with `pulumi config set --secret` like sshPrivateKey.
+    if "objectStorage" in values:
+        values.setdefault("objectStorageAccessKey", FAKE_ACCESS_KEY)
+        values.setdefault("objectStorageSecretKey", FAKE_SECRET_KEY)
     return values
 
 
@@ -62,3 +71,18 @@ def deploy() -> Callable[..., tuple[Engine, dict[str, Any]]]:
         return engine, outputs
 
     return run
+
+
+@pytest.fixture(scope="session")
+def ca_certificate(tmp_path_factory) -> str:
+    """A real CA certificate (PEM), as objectStorage.caCertificate takes one."""
+    if not shutil.which("openssl"):
+        pytest.fail("openssl is missing: apt-get install openssl (tools/setup.sh does)")
+    folder = tmp_path_factory.mktemp("ca")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=airflow-ha test CA", "-keyout", str(folder / "ca.key"),
+         "-out", str(folder / "ca.pem"), "-addext", "basicConstraints=critical,CA:TRUE"],
+        check=True, capture_output=True,
+    )
+    return (folder / "ca.pem").read_text()

@@ -3,12 +3,14 @@ same secrets everywhere (and secret), UIs on the mesh only, a pinned install."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import base64
 import configparser
 import json
 import re
 import shutil
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -271,6 +273,9 @@ def test_install_is_fully_pinned_with_hashes(local) -> None:
     assert pins["apache-airflow"] == "3.3.2"
     assert pins["celery"] == "5.6.3"  # 5.7.0 breaks the celery provider
     for package in ("apache-airflow-providers-celery", "apache-airflow-providers-fab", "flower"):
+        assert package in pins
+    # The S3 task log handler (objectStorage) and the boto3 it talks through.
+    for package in ("apache-airflow-providers-amazon", "boto3", "botocore"):
         assert package in pins
     assert lock.count("--hash=sha256:") >= len(requirements)
 
@@ -619,3 +624,123 @@ def test_celery_result_store_outlasts_a_database_failover(local) -> None:
     tries = extra["result_backend_max_retries"]
     expected_s = sum(min(cap, base * 2**n) / 2 for n in range(tries)) / 1000
     assert 60 <= expected_s <= 300, expected_s
+
+
+# --- task logs in the object storage (objectStorage) -----------------------------------------
+
+STORAGE = {"endpoint": "fsn1.your-objectstorage.com", "region": "fsn1", "bucket": "acme-logs"}
+# A key of every character the env file's quoting must survive.
+AWKWARD_SECRET = "wJal/rX+Ut'n$FE\"MI\\K7`MD"
+
+
+def _with_storage(values, **storage):
+    return values("local", objectStorage={**STORAGE, **storage},
+                  objectStorageAccessKey="AKIAIOSFODNN7EXAMPLE",
+                  objectStorageSecretKey=AWKWARD_SECRET)
+
+
+def _env_as_the_shell_reads_it(step, tmp_path) -> dict[str, str]:
+    """The env file sourced by sh, as the CLI wrapper does: the variables it defines."""
+    path = tmp_path / "airflow.env"
+    path.write_text(_file(step, airflow.AIRFLOW_ENV))
+    out = subprocess.run(
+        ["sh", "-c", f'set -a; . "{path}"; set +a; env -0'],
+        capture_output=True, text=True, check=True, env={},
+    ).stdout
+    return dict(item.split("=", 1) for item in out.split("\0") if "=" in item)
+
+
+def _systemd_environment_lines(text: str) -> dict[str, str]:
+    """systemd's EnvironmentFile= form: KEY=value lines, a value in single quotes is literal
+    up to the closing quote; checked strictly enough that the shell and systemd agree."""
+    found = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        key, _, value = line.partition("=")
+        assert re.fullmatch(r"[A-Z_][A-Z0-9_]*", key), line
+        if value.startswith("'"):
+            assert value.endswith("'") and "'" not in value[1:-1], line
+            value = value[1:-1]
+        else:
+            assert not re.search(r"[\s'\"\\$`]", value), line
+        found[key] = value
+    return found
+
+
+def test_without_object_storage_task_logs_stay_on_the_worker(local) -> None:
+    engine, _ = local
+    for step in _steps(engine, "airflow-config").values():
+        logging = _cfg(step)["logging"]
+        assert "remote_logging" not in logging and "logging_config_class" not in logging
+        assert "AIRFLOW_CONN_" not in _file(step, airflow.AIRFLOW_ENV)
+        paths = [p for p, _, _, _ in step.files]
+        assert airflow.LOG_CONFIG not in paths and airflow.OBJECT_STORAGE_CA not in paths
+
+
+def test_with_object_storage_every_node_sends_task_logs_to_the_bucket(
+    values, deploy, tmp_path
+) -> None:
+    engine, _ = deploy(_with_storage(values), stack="local")
+    for node, step in _steps(engine, "airflow-config").items():
+        logging = _cfg(step)["logging"]
+        assert logging.getboolean("remote_logging") is True
+        assert logging["remote_base_log_folder"] == "s3://acme-logs/local/task-logs"
+        assert logging["remote_log_conn_id"] == airflow.REMOTE_LOG_CONN_ID
+        # The worker keeps its file; its log server still serves a running task's log.
+        assert logging.getboolean("delete_local_logs") is False
+        assert logging["worker_log_server_port"] == str(airflow.WORKER_LOG_PORT)
+        module, _, attribute = logging["logging_config_class"].rpartition(".")
+        assert f"{airflow.AIRFLOW_HOME}/config/{module}.py" == airflow.LOG_CONFIG
+        # The module is Python and gives Airflow what it looks for beside the dict.
+        tree = ast.parse(_file(step, airflow.LOG_CONFIG))
+        assigned = {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets}
+        assert {attribute, "REMOTE_TASK_LOG"} <= assigned
+        # The connection: where Airflow looks for the conn id, readable by the airflow group.
+        assert _mode_owner(step, airflow.AIRFLOW_ENV) == ("0640", "root:airflow")
+        env = _env_as_the_shell_reads_it(step, tmp_path)
+        systemd = _systemd_environment_lines(_file(step, airflow.AIRFLOW_ENV))
+        name = "AIRFLOW_CONN_" + logging["remote_log_conn_id"].upper()
+        assert env[name] == systemd[name]
+        conn = json.loads(env[name])
+        assert (conn["conn_type"], conn["login"]) == ("aws", "AKIAIOSFODNN7EXAMPLE")
+        assert conn["password"] == AWKWARD_SECRET
+        assert conn["extra"]["endpoint_url"] == "https://fsn1.your-objectstorage.com:443"
+        assert conn["extra"]["region_name"] == "fsn1"
+        assert env["AIRFLOW_HOME"] == airflow.AIRFLOW_HOME, node  # the rest is as before
+    # The keys reach the nodes only inside the step's secret stdin.
+    for command in engine.of_type("command:remote:Command"):
+        assert AWKWARD_SECRET not in command.inputs["create"]
+        if "airflow-config" in command.name:
+            assert "stdin" in command.secret_inputs
+
+
+@pytest.mark.parametrize(("uri_style", "with_ca"), [("host", False), ("path", True)])
+def test_the_connection_addresses_the_bucket_as_uri_style_says_and_trusts_the_ca(
+    values, deploy, tmp_path, ca_certificate, uri_style, with_ca
+) -> None:
+    storage = {"uriStyle": uri_style, **({"caCertificate": ca_certificate} if with_ca else {})}
+    engine, _ = deploy(_with_storage(values, **storage), stack="local")
+    step = _steps(engine, "airflow-config")["node-a"]
+    extra = json.loads(_env_as_the_shell_reads_it(step, tmp_path)[airflow.REMOTE_LOG_CONN_ENV])[
+        "extra"
+    ]
+    config = extra["config_kwargs"]
+    # botocore's `auto` is path style once endpoint_url is set: host style must say virtual.
+    assert config["s3"] == {"addressing_style": "virtual" if uri_style == "host" else "path"}
+    # Every S3 call bounded: an unreachable storage holds a task's end for seconds.
+    assert config["connect_timeout"] * config["retries"]["total_max_attempts"] <= 30
+    assert config["read_timeout"] <= 30
+    paths = [p for p, _, _, _ in step.files]
+    if not with_ca:
+        assert "verify" not in extra and airflow.OBJECT_STORAGE_CA not in paths
+        return
+    assert extra["verify"] == airflow.OBJECT_STORAGE_CA
+    assert _mode_owner(step, airflow.OBJECT_STORAGE_CA) == ("0644", "root:root")
+    # What boto3 gets as its CA bundle loads as one (OpenSSL, through Python's ssl).
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text(_file(step, airflow.OBJECT_STORAGE_CA))
+    context = ssl.create_default_context(cafile=str(bundle))
+    assert [c["subject"] for c in context.get_ca_certs()] == [
+        ((("commonName", "airflow-ha test CA"),),)
+    ]

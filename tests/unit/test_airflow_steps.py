@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from components import airflow
+from tests.conftest import stack_values
 from tests.unit.stepharness import Answer, Node, Ran, rendered_step
 from tests.unit.test_airflow import SERVICES
-from tools.engine import Engine, Step
+from tools.engine import Engine, Step, run_program
 
 LOCK = f"{airflow.AIRFLOW_HOME}/requirements-3.3.2-py313.txt"
 # Where this lock's venv is built, beside the running one.
@@ -108,6 +109,33 @@ def test_config_step_marks_a_restart_only_for_what_the_units_run_with(
     # Airflow's own parser read the config; nothing was restarted here.
     assert ran.of("airflow") == ["airflow config get-value core executor"]
     assert not [c for c in ran.of("systemctl") if " restart airflow-" in c and "firewall" not in c]
+
+
+@pytest.fixture(scope="module")
+def with_storage(ca_certificate: str) -> Engine:
+    """The local stack with objectStorage and its CA: the task logs' files on every node."""
+    values = stack_values("local")
+    values["objectStorage"] = {"endpoint": "s3.example.net", "region": "us-east-1",
+                               "bucket": "acme-logs", "caCertificate": ca_certificate}
+    engine = Engine()
+    run_program(values, engine, "local")
+    return engine
+
+
+@pytest.mark.parametrize("changed", [airflow.LOG_CONFIG, airflow.OBJECT_STORAGE_CA])
+def test_a_changed_task_log_file_marks_a_restart(
+    tmp_path: Path, with_storage: Engine, changed: str
+) -> None:
+    """The logging module and the endpoint's CA are read once, when a process starts."""
+    step = rendered_step("airflow-config", engine=with_storage)
+    assert changed in _config_files(step)
+    node = _installed(tmp_path)
+    ran = node.run(step.script, CONFIG_STUBS, present=_but(step, changed))
+    assert ran.returncode == 0, ran.stderr
+    assert node.path(airflow.RESTART_MARKER).exists()
+    again = _installed(tmp_path / "again")
+    assert again.run(step.script, CONFIG_STUBS, present=True).returncode == 0
+    assert not again.path(airflow.RESTART_MARKER).exists()
 
 
 def test_config_step_reloads_the_log_firewall_when_its_rules_changed_or_are_missing(

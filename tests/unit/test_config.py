@@ -577,3 +577,19 @@ def test_object_storage_takes_a_multi_line_pem_ca_certificate() -> None:
                 ["-----BEGIN CERTIFICATE-----"]):
         with pytest.raises(ConfigError, match=r"objectStorage\.caCertificate: "):
             parse_config(_dev(objectStorage={**storage, "caCertificate": bad}, **keys))
+
+
+def _with_storage(**storage: Any) -> dict[str, Any]:
+    fields = {"endpoint": "fsn1.your-objectstorage.com", "region": "fsn1", "bucket": "acme-logs"}
+    return _dev(objectStorage={**fields, **storage}, objectStorageAccessKey="AKIAEXAMPLE",
+                objectStorageSecretKey="secret/example+key")
+
+
+def test_object_storage_takes_its_ca_certificate_as_pem_lines(ca_certificate: str) -> None:
+    storage = parse_config(_with_storage(caCertificate=ca_certificate)).object_storage
+    assert storage.ca_certificate == ca_certificate.strip() + "\n"
+    assert storage.url == "https://fsn1.your-objectstorage.com:443"
+    assert (storage.uri_style, storage.access_key) == ("host", "AKIAEXAMPLE")
+    for bad in (ca_certificate.replace("\n", "\n\x07", 1), "not a certificate"):
+        with pytest.raises(ConfigError, match="is not a PEM certificate"):
+            parse_config(_with_storage(caCertificate=bad))

@@ -28,6 +28,8 @@ EXPECTED = {
     # archive-push and the backups run as postgres.
     "/etc/pgbackrest/pgbackrest.conf": ("0640", "root:postgres"),
 }
+# With objectStorage the env file holds the bucket's keys (the task logs' connection).
+WITH_OBJECT_STORAGE = {"/etc/airflow/airflow.env": ("0640", "root:airflow")}
 BUILTINS = {"printf", "echo", "local", "export", "readonly", "declare", "[", "test", "if", "elif"}
 ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 HEREDOC = re.compile(r"<<-?\s*'?\"?([A-Za-z_][A-Za-z0-9_]*)")
@@ -42,6 +44,9 @@ def generated_secrets(engine: Engine, values: dict) -> dict[str, str]:
                 found[r.name] = unwrap_secrets(r.outputs[output])[0]
     found["airflow-fernet-key (derived)"] = fernet_key(found["airflow-fernet-key"])
     found["sshPrivateKey"] = values["sshPrivateKey"]
+    for key in ("objectStorageAccessKey", "objectStorageSecretKey"):
+        if key in values:
+            found[key] = values[key]
     return found
 
 
@@ -79,6 +84,7 @@ def test_every_secret_lands_only_in_private_files_and_never_in_argv(values, stac
     run_program(stack_values, engine, stack)
     secrets = {k: v for k, v in generated_secrets(engine, stack_values).items() if len(v) >= 8}
     assert len(secrets) >= 14  # not vacuous: every tier's secrets were found
+    expected = {**EXPECTED, **(WITH_OBJECT_STORAGE if "objectStorage" in stack_values else {})}
     landed: dict[str, set[str]] = {}
     for step in engine.steps():
         for path, mode, owner, content in step.files:
@@ -88,11 +94,11 @@ def test_every_secret_lands_only_in_private_files_and_never_in_argv(values, stac
             if held:
                 landed.setdefault(path, set()).update(held)
                 assert int(mode, 8) & 0o007 == 0, f"{path} ({mode}) is readable by every user"
-                assert EXPECTED.get(path) == (mode, owner), f"{path} {mode} {owner}: {held}"
+                assert expected.get(path) == (mode, owner), f"{path} {mode} {owner}: {held}"
         for line in _command_lines(step):
             for name, text in secrets.items():
                 assert not _argv_exposure(line, text), f"{step.step}: {name} in argv: {line}"
-    assert set(landed) == set(EXPECTED), landed
+    assert set(landed) == set(expected), landed
     for command in engine.of_type("command:remote:Command"):
         assert not any(text in command.inputs["create"] for text in secrets.values())
         assert "stdin" in command.secret_inputs or not any(
