@@ -668,8 +668,11 @@ def _systemd_environment_lines(text: str) -> dict[str, str]:
     return found
 
 
-def test_without_object_storage_task_logs_stay_on_the_worker(local) -> None:
-    engine, _ = local
+def test_without_object_storage_task_logs_stay_on_the_worker(values, deploy) -> None:
+    plain = values("local")  # the committed local stack has the local cloud's object storage
+    for key in ("objectStorage", "objectStorageAccessKey", "objectStorageSecretKey"):
+        plain.pop(key, None)
+    engine, _ = deploy(plain, stack="local")
     for step in _steps(engine, "airflow-config").values():
         logging = _cfg(step)["logging"]
         assert "remote_logging" not in logging and "logging_config_class" not in logging

@@ -25,11 +25,13 @@ EXPECTED = {
     "/etc/csync2.key_airflow_dags": ("0600", "root:root"),
     "/etc/patroni/config.yml": ("0600", "postgres:postgres"),
     "/etc/airflow/airflow.cfg": ("0640", "root:airflow"),
-    # archive-push and the backups run as postgres.
+}
+# With objectStorage the env file holds the bucket's keys (the task logs' connection), and
+# pgBackRest's config them and the repository's passphrase (archive-push runs as postgres).
+WITH_OBJECT_STORAGE = {
+    "/etc/airflow/airflow.env": ("0640", "root:airflow"),
     "/etc/pgbackrest/pgbackrest.conf": ("0640", "root:postgres"),
 }
-# With objectStorage the env file holds the bucket's keys (the task logs' connection).
-WITH_OBJECT_STORAGE = {"/etc/airflow/airflow.env": ("0640", "root:airflow")}
 BUILTINS = {"printf", "echo", "local", "export", "readonly", "declare", "[", "test", "if", "elif"}
 ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 HEREDOC = re.compile(r"<<-?\s*'?\"?([A-Za-z_][A-Za-z0-9_]*)")
