@@ -65,7 +65,8 @@ EXAMPLES = (
 SITE = "/opt/airflow/venv/lib/python3.13/site-packages/airflow"
 CONDITIONS = ("warm", "api-restart", "rolling", "db-crash")
 # The suite's quick form (CI): the two conditions that failed tasks before, a smaller burst.
-QUICK_CONDITIONS = ("api-restart", "db-crash")
+# db-crash: the quick drills crash the primary under the workload already.
+QUICK_CONDITIONS = ("api-restart",)
 QUICK_RUNS = 3
 FULL_RUNS = 5
 AIRFLOW_UNITS = " ".join(airflow.SERVICES)

@@ -635,8 +635,9 @@ def region_lost(suite: Suite, record: dict) -> None:
 def catalogue(quick: bool) -> list[tuple[str, str, Callable[[Suite, dict], None]]]:
     """(name, label, body) in the order they run. --quick (CI, which must stay under 45
     minutes) skips the Patroni-defaults crash drill (the full suite's comparison), the
-    all-schedulers drill, one scheduler killed (the node's schedulers killed covers it) and the
-    region lost (machine-stop kills a machine, the partition isolates the primary's)."""
+    scheduler drills, the switchover and the broker crash (covered as the list says), the
+    region lost (machine-stop kills a machine, the partition isolates the primary's) and the
+    total loss (it rebuilds every machine)."""
     defaults = failover.PATRONI_DEFAULTS
     tuned = failover.stack_timings()
 
@@ -665,7 +666,10 @@ def catalogue(quick: bool) -> list[tuple[str, str, Callable[[Suite, dict], None]
          backup.total_loss),
     ]
     if quick:
+        # The quick form keeps one drill per kind of loss: backup-basics makes a switchover
+        # under the workload (the switchover drill's event), machine-stop loses a broker and
+        # a node's schedulers with its machine (broker-crash's and scheduler-node's).
         full_only = ("db-crash-defaults", "scheduler-all", "scheduler-one", "region-lost",
-                     "total-loss")
+                     "total-loss", "switchover", "broker-crash", "scheduler-node")
         drills = [d for d in drills if d[0] not in full_only]
     return drills
