@@ -19,14 +19,15 @@ import datetime
 import json
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from drills import common, failover
 from drills.airflow import Api
 from drills.nodes import NODES, REPO, ssh
 from drills.workload import PROBE_DAG_ID, DbWriter
-from tools import restore as restore_tool
 
 STANZA = "airflow-ha-local"
 BACKUP = "/usr/local/sbin/airflow-ha-backup"
@@ -106,9 +107,13 @@ def common_record(record: dict, victim: str, runner: str, figures: dict, health:
 
 
 def restore_to(target: str) -> dict[str, Any]:
-    """tools.restore on the local stack, as an operator runs it (the restore node: node-a)."""
-    nodes = restore_tool.targets("local", {})
-    return restore_tool.restore(nodes, nodes[0], target, say=lambda m: print(m, flush=True))
+    """`python -m tools.restore` on the local stack, as an operator runs it (--to TARGET, or
+    --latest); its timings."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        when = ["--latest"] if target == "latest" else ["--to", target]
+        subprocess.run([sys.executable, "-m", "tools.restore", "--stack", "local", *when,
+                        "--yes", "--json", out.name], cwd=REPO, check=True, timeout=3600)
+        return json.loads(Path(out.name).read_text())
 
 
 def pitr(suite: Any, record: dict) -> None:
@@ -127,9 +132,7 @@ def pitr(suite: Any, record: dict) -> None:
     lines = writer.stop()
     # The WAL past T archived (recovery must see a commit after T to stop there).
     ssh(primary(), f"runuser -u postgres -- pgbackrest --stanza={STANZA} check")
-    target = restore_tool.utc_target(
-        datetime.datetime.fromtimestamp(target_at, datetime.UTC).isoformat()
-    )
+    target = datetime.datetime.fromtimestamp(target_at, datetime.UTC).isoformat()
     restored = restore_to(target)
     health = suite.healthy(since=time.time(), timeout=900)
     stored = failover.psql(runner, f"SELECT seq FROM {failover.SCHEMA}.writes WHERE run = "

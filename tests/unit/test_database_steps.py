@@ -295,7 +295,9 @@ def test_a_re_run_on_the_primary_applies_the_stack_timings_and_password(
     )
     # And the stack's PostgreSQL parameters, so that a running cluster gets a changed one.
     assert "-s postgresql.parameters.tcp_keepalives_idle=5 " in edit
-    assert edit.endswith('-s postgresql.parameters.idle_in_transaction_session_timeout="5min"')
+    assert '-s postgresql.parameters.idle_in_transaction_session_timeout="5min"' in edit
+    # With object storage (the local stack has the local cloud's), WAL archiving as well.
+    assert edit.endswith("-s postgresql.parameters.archive_timeout=60")
     assert ran.of("runuser")[0].startswith("runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1")
     (sql,) = [c.stdin for c in ran.calls if c.name == "psql" and c.args[-1] == "postgres"]
     password = engine.secret_value("airflow-db-password", "password", {"length": 32})
