@@ -37,6 +37,8 @@ from .nodes import Node
 from .remote import RemoteFile, render, render_output, run_step, timer_files
 from .tier import TierArgs, generated_password
 
+# The database tier installs it (its replicas' restore_command runs it); backup-install too.
+PACKAGES = ("pgbackrest",)
 CONFIG = "/etc/pgbackrest/pgbackrest.conf"
 CA_FILE = "/etc/pgbackrest/object-storage-ca.pem"
 SPOOL_DIR = "/var/spool/pgbackrest"

@@ -145,6 +145,9 @@ class DatabaseArgs(TierArgs):
     # fetches WAL from the archive (None: only by streaming).
     archive: Mapping[str, str | int] = field(default_factory=dict)
     restore_command: str | None = None
+    # Installed with the tier's own: what restore_command runs must be there before a replica
+    # starts (a restore_command not found is fatal to PostgreSQL's startup).
+    extra_packages: Sequence[str] = ()
 
     def parameters(self) -> dict[str, str | int]:
         """Every PostgreSQL setting of the cluster's dynamic config: the program's, the
@@ -390,7 +393,8 @@ class DatabaseTier(pulumi.ComponentResource):
             node.access,
             render(
                 "database/packages.sh.j2",
-                {"packages": packages_for(self._args.postgres_version)},
+                {"packages": [*packages_for(self._args.postgres_version),
+                              *self._args.extra_packages]},
             ),
             parent=self,
             depends_on=[self._args.after[node.spec.name]],

@@ -356,3 +356,14 @@ def test_a_replica_that_cannot_read_the_repository(tmp_path: Path, engine: Engin
                                 status=39),
                          Answer("* psql *", stdout="t 0 0 0 0\n")]}
     assert _metrics(tmp_path, engine, stubs) == {"airflow_ha_backup_repository_up": "0"}
+
+
+def test_pgbackrest_is_installed_before_any_replica_needs_its_restore_command(
+    engine: Engine, values: Any
+) -> None:
+    """A replica's restore_command that is not found stops PostgreSQL's startup: pgBackRest
+    comes with the database tier's packages, before Patroni starts."""
+    assert "pgbackrest" in _step(engine, "database-packages").script.split("apt_install", 1)[1]
+    plain = Engine()
+    run_program(_without_storage(values), plain, "local")
+    assert "pgbackrest" not in _step(plain, "database-packages").script
