@@ -367,3 +367,19 @@ def test_pgbackrest_is_installed_before_any_replica_needs_its_restore_command(
     plain = Engine()
     run_program(_without_storage(values), plain, "local")
     assert "pgbackrest" not in _step(plain, "database-packages").script
+
+
+@pytest.mark.parametrize("prometheus", [False, True])
+def test_install_reloads_prometheus_only_where_it_runs(
+    tmp_path: Path, engine: Engine, prometheus: bool
+) -> None:
+    """A first deploy installs the monitoring tier after this step: no Prometheus to reload."""
+    stubs = {
+        "systemctl": [Answer("is-active -q prometheus.service", status=0 if prometheus else 3),
+                      Answer()],
+        "apt-get": Answer(), "dpkg-query": Answer(stdout="install ok installed"),
+        "promtool": Answer(),
+    }
+    ran = Node(tmp_path).run(_step(engine, "backup-install").script, stubs)
+    assert ran.returncode == 0, ran.stderr
+    assert ("systemctl reload prometheus.service" in ran.of("systemctl")) is prometheus
