@@ -7,7 +7,7 @@ once and kept as a Pulumi secret (a stack output too: without it the repository 
 - WAL: whichever node is primary archives (`archive_command`, in Patroni's dynamic config, see
   `archive_parameters`); `archive_timeout` switches a segment at least that often, which bounds
   the writes lost when every node is lost. archive-async keeps a slow bucket from holding up
-  PostgreSQL. Replicas fetch WAL they miss from the repository (`restore_command`).
+  PostgreSQL. Replicas stream only (no restore_command: database.py says why).
 - Backups: a full and a differential timer on every node (the stack's `backup` schedules); the
   script acts only on the node that is primary, under an etcd lock, so a failover moves the
   backups with the primary and two never run at once. They are taken from the primary:
@@ -37,7 +37,8 @@ from .nodes import Node
 from .remote import RemoteFile, render, render_output, run_step, timer_files
 from .tier import TierArgs, generated_password
 
-# The database tier installs it (its replicas' restore_command runs it); backup-install too.
+# The database tier installs it (archive_command runs it from the first start); backup-install
+# too.
 PACKAGES = ("pgbackrest",)
 CONFIG = "/etc/pgbackrest/pgbackrest.conf"
 CA_FILE = "/etc/pgbackrest/object-storage-ca.pem"
@@ -91,11 +92,6 @@ def archive_parameters(stanza: str, archive_timeout: int) -> dict[str, str | int
         "archive_command": f"pgbackrest --stanza={stanza} archive-push %p",
         "archive_timeout": archive_timeout,
     }
-
-
-def restore_command(stanza: str) -> str:
-    """How a replica (or a restore) fetches a WAL segment from the repository."""
-    return f'pgbackrest --stanza={stanza} archive-get %f "%p"'
 
 
 def _ca_lines(storage: ObjectStorage) -> list[str]:

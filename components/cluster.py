@@ -57,7 +57,6 @@ def database_args(cfg: ClusterConfig, on: TierArgs) -> DatabaseArgs:
         postgres_parameters=cfg.postgres_parameters,
         archive=backup_tier.archive_parameters(scope, cfg.backup.archive_timeout)
         if backups else {},
-        restore_command=backup_tier.restore_command(scope) if backups else None,
         extra_packages=backup_tier.PACKAGES if backups else (),
     )
 

@@ -141,12 +141,12 @@ class DatabaseArgs(TierArgs):
     mesh_cidr: str
     # The stack's postgresParameters, over POSTGRES_PARAMETERS.
     postgres_parameters: Mapping[str, str | int] = field(default_factory=dict)
-    # WAL archiving (the backup tier's archive_parameters; empty: none) and how a replica
-    # fetches WAL from the archive (None: only by streaming).
+    # WAL archiving (the backup tier's archive_parameters; empty: none). Replicas get no
+    # restore_command: they stream only (Patroni re-clones one that fell too far behind). With
+    # one, a fresh replica kept re-reading a switched segment from the archive and never
+    # started streaming (local cluster, PostgreSQL 17).
     archive: Mapping[str, str | int] = field(default_factory=dict)
-    restore_command: str | None = None
-    # Installed with the tier's own: what restore_command runs must be there before a replica
-    # starts (a restore_command not found is fatal to PostgreSQL's startup).
+    # Installed with the tier's own: what archive_command runs is there from the first start.
     extra_packages: Sequence[str] = ()
 
     def parameters(self) -> dict[str, str | int]:
@@ -290,18 +290,6 @@ def etcd_context(scope: str, spec: NodeSpec, members: list[dict[str, str]]) -> d
     }
 
 
-def recovery_conf_lines(restore_command: str | None) -> list[str]:
-    """patroni.yml's postgresql.recovery_conf, as lines (none without a restore_command)."""
-    if restore_command is None:
-        return []
-    return [
-        "# A replica that fell behind what the primary keeps fetches the WAL from the backups'",
-        "# repository rather than being cloned again.",
-        "recovery_conf:",
-        f"  restore_command: {json.dumps(restore_command)}",
-    ]
-
-
 def patroni_context(
     args: DatabaseArgs, spec: NodeSpec, passwords: Mapping[str, pulumi.Output[str]]
 ) -> dict[str, Any]:
@@ -317,7 +305,6 @@ def patroni_context(
         "data_dir": args.data_dir,
         "bin_dir": args.bin_dir,
         "namespace": DCS_NAMESPACE,
-        "recovery_conf": recovery_conf_lines(args.restore_command),
         "postgres_port": POSTGRES_PORT,
         "rest_port": PATRONI_PORT,
         "users": {

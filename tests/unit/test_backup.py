@@ -107,16 +107,14 @@ def test_a_private_ca_is_written_and_named(values: Any) -> None:
     assert conf["global"]["repo1-s3-uri-style"] == "path"
 
 
-def test_archiving_is_in_the_dynamic_config_and_replicas_read_the_archive(engine: Engine) -> None:
+def test_archiving_is_in_the_dynamic_config(engine: Engine) -> None:
     text = _file(_step(engine, "patroni"), "/etc/patroni/config.yml")[2]
     patroni = yaml.safe_load(unwrap_secrets(text)[0])
     parameters = patroni["bootstrap"]["dcs"]["postgresql"]["parameters"]
     assert parameters["archive_mode"] == "on"
     assert parameters["archive_command"] == f"pgbackrest --stanza={STANZA} archive-push %p"
     assert parameters["archive_timeout"] == 30
-    assert patroni["postgresql"]["recovery_conf"]["restore_command"] == (
-        f'pgbackrest --stanza={STANZA} archive-get %f "%p"'
-    )
+    assert "recovery_conf" not in patroni["postgresql"]  # replicas stream only
     # A running cluster gets them through airflow-db's edit-config (a restart rolls).
     db = _step(engine, "airflow-db").script
     assert "postgresql.parameters.archive_command=" in db
@@ -361,8 +359,8 @@ def test_a_replica_that_cannot_read_the_repository(tmp_path: Path, engine: Engin
 def test_pgbackrest_is_installed_before_any_replica_needs_its_restore_command(
     engine: Engine, values: Any
 ) -> None:
-    """A replica's restore_command that is not found stops PostgreSQL's startup: pgBackRest
-    comes with the database tier's packages, before Patroni starts."""
+    """archive_command runs from the primary's first start: pgBackRest comes with the
+    database tier's packages, before Patroni starts."""
     assert "pgbackrest" in _step(engine, "database-packages").script.split("apt_install", 1)[1]
     plain = Engine()
     run_program(_without_storage(values), plain, "local")
