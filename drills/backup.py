@@ -30,6 +30,8 @@ from drills.nodes import NODES, REPO, ssh
 from drills.workload import PROBE_DAG_ID, DbWriter
 
 STANZA = "airflow-ha-local"
+# The report's outage columns, for a drill that measures none of them (its figures: details).
+NO_OUTAGE = {"db": None, "broker": None, "airflow": None, "airflow_after_db": None}
 BACKUP = "/usr/local/sbin/airflow-ha-backup"
 
 
@@ -151,7 +153,8 @@ def pitr(suite: Any, record: dict) -> None:
     })
     record.update(
         victim="cluster", runner=runner,
-        outage_s={"db": restored["downtime_s"], "broker": None, "airflow": None},
+        outage_s={"db": restored["downtime_s"], "broker": None, "airflow": None,
+                  "airflow_after_db": None},
         lost={"rows": len(missing)}, rejoin_s=restored["replicas_back_s"],
         healthy_after_s=health.get("all_s"),
         details={"restore": restored, "acked_before_t": len(before), "started_after_t":
@@ -189,12 +192,11 @@ def task_log(suite: Any, record: dict) -> None:
         common.start_machine(victim)
     health = suite.healthy(since=event, timeout=900)
     record["checks"].update({
-        "the log was read from the object storage": "s3://" in without_node
-        or "Found remote logs" in without_node or "remote" in without_node.lower(),
+        "the log was read from the object storage": "s3://" in without_node,
         "the log is whole without the node that ran it": _finished(without_node),
         "the same log with the node up": _finished(with_node),
     })
-    record.update(victim=victim, runner=reader, outage_s={}, lost={"logs": 0 if _finished(
+    record.update(victim=victim, runner=reader, outage_s=NO_OUTAGE, lost={"logs": 0 if _finished(
         without_node) else 1}, rejoin_s=health.get("all_s"), healthy_after_s=health.get("all_s"),
         details={"run_id": run_id, "log_tail": without_node[-600:], "health": health})
 
@@ -207,8 +209,9 @@ def _log_text(reply: dict) -> str:
 
 
 def _finished(text: str) -> bool:
-    return "sleep" in text and ("Task instance in success state" in text
-                                or "exit code 0" in text.lower() or "returncode=0" in text)
+    """The whole log of the probe task: its command, its exit and what came after it."""
+    return ("sleep 1" in text and "Command exited with return code 0" in text
+            and "Post Execute" in text)
 
 
 def _wait_run(api: Api, run_id: str, timeout: float = 300) -> str:
@@ -256,8 +259,8 @@ def total_loss(suite: Any, record: dict) -> None:
         "RPO within archive_timeout (60 s)": rpo <= 60,
     })
     record.update(
-        victim="every node", runner=runner, outage_s={}, lost={"rows_beyond_rpo": 0 if rpo <= 60
-                                                              else len(missing)},
+        victim="every node", runner=runner, outage_s=NO_OUTAGE,
+        lost={"rows_beyond_rpo": 0 if rpo <= 60 else len(missing)},
         rejoin_s=round(working - started, 1), healthy_after_s=health.get("all_s"),
         details={"rpo_s": rpo, "rows_lost": len(missing), "acked": len(oks),
                  "to_working_airflow_s": round(working - started, 1), "restore": restored,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -87,8 +88,10 @@ Run = Callable[[Target, Sequence[str]], str]
 
 def ssh_run(target: Target, command: Sequence[str]) -> str:
     """Run a command on the node; its output is printed as it comes and returned."""
+    # One shell word per argument on the node (ssh joins its arguments with spaces).
     proc = subprocess.Popen(
-        [*target.ssh, *command], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [*target.ssh, shlex.join(command)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True,
     )
     assert proc.stdout is not None
     lines = []
