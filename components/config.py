@@ -301,10 +301,15 @@ def _parse_nodes(raw_nodes: Any, mesh: ipaddress.IPv4Network) -> tuple[NodeSpec,
     return tuple(sorted(nodes, key=lambda n: n.mesh_index))
 
 
+def _fields(raw: Any, name: str, keys: tuple[schema.Key, ...], example: str) -> dict[str, Any]:
+    """A mapping key's fields, each parsed by its declaration; unknown fields refused."""
+    raw = schema.as_mapping(raw, name, example)
+    schema.refuse_unknown(raw, schema.names(keys), name, name)
+    return {k.name: k.parse(raw, f"{name}.{k.name}") for k in keys}
+
+
 def _parse_patroni(raw: Any) -> PatroniSettings:
-    raw = schema.as_mapping(raw, "patroni", "write patroni: {ttl: 30, loopWait: 10, ...}")
-    schema.refuse_unknown(raw, schema.names(schema.PATRONI_KEYS), "patroni", "patroni")
-    v = {k.name: k.parse(raw, f"patroni.{k.name}") for k in schema.PATRONI_KEYS}
+    v = _fields(raw, "patroni", schema.PATRONI_KEYS, "write patroni: {ttl: 30, loopWait: 10, ...}")
     ttl, loop_wait, retry = v["ttl"], v["loopWait"], v["retryTimeout"]
     if loop_wait + 2 * retry > ttl:
         raise ConfigError(
@@ -324,9 +329,8 @@ def _parse_patroni(raw: Any) -> PatroniSettings:
 
 def _parse_object_storage(get: Callable[[str], Any]) -> dict[str, Any]:
     """ClusterConfig's object_storage and backup."""
-    raw_backup = schema.as_mapping(get("backup"), "backup", "write backup: {retentionFull: 2}")
-    schema.refuse_unknown(raw_backup, schema.names(schema.BACKUP_KEYS), "backup", "backup")
-    b = {k.name: k.parse(raw_backup, f"backup.{k.name}") for k in schema.BACKUP_KEYS}
+    raw_backup = get("backup")
+    b = _fields(raw_backup, "backup", schema.BACKUP_KEYS, "write backup: {retentionFull: 2}")
     backup = BackupSettings(
         full_schedule=b["fullSchedule"],
         diff_schedule=b["diffSchedule"],
@@ -345,11 +349,8 @@ def _parse_object_storage(get: Callable[[str], Any]) -> dict[str, Any]:
             raise ConfigError("backup", "is set, but objectStorage is not: backups need a "
                               "bucket", "add objectStorage: {endpoint, region, bucket}")
         return {"object_storage": None, "backup": backup}
-    raw = schema.as_mapping(raw, "objectStorage",
-                            "write objectStorage: {endpoint: ..., region: ..., bucket: ...}")
-    schema.refuse_unknown(raw, schema.names(schema.OBJECT_STORAGE_KEYS), "objectStorage",
-                          "objectStorage")
-    o = {k.name: k.parse(raw, f"objectStorage.{k.name}") for k in schema.OBJECT_STORAGE_KEYS}
+    o = _fields(raw, "objectStorage", schema.OBJECT_STORAGE_KEYS,
+                "write objectStorage: {endpoint: ..., region: ..., bucket: ...}")
     keys = {}
     for name in ("objectStorageAccessKey", "objectStorageSecretKey"):
         keys[name] = get(name)
