@@ -131,7 +131,6 @@ class BackupTier(pulumi.ComponentResource):
             ),
             "lock_name": f"/airflow-ha/{a.stanza}/backup-lock",
             "script": BACKUP_SCRIPT,
-            "backup_script": BACKUP_SCRIPT,
             "unit": UNIT,
             "spool_dir": SPOOL_DIR,
             "log_dir": LOG_DIR,

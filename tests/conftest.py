@@ -49,6 +49,14 @@ def stack_values(stack: str) -> dict[str, Any]:
     return values
 
 
+def without_object_storage(values: dict[str, Any]) -> dict[str, Any]:
+    """A stack's values as if it had no objectStorage (the committed local stack has the local
+    cloud's): no backups, task logs on the workers."""
+    for key in ("objectStorage", "objectStorageAccessKey", "objectStorageSecretKey"):
+        values.pop(key, None)
+    return values
+
+
 @pytest.fixture
 def values() -> Callable[..., dict[str, Any]]:
     """values(stack, **overrides): a mutable copy of a committed stack's config."""

@@ -22,6 +22,7 @@ from components import airflow
 from components.config import NAMESPACE, ConfigError
 from components.nodes import ingress_rules
 from drills.airflow import SERVICES  # the six units the drills and cluster tests check
+from tests.conftest import without_object_storage
 from tools.engine import Engine, config_for_engine
 
 
@@ -669,10 +670,7 @@ def _systemd_environment_lines(text: str) -> dict[str, str]:
 
 
 def test_without_object_storage_task_logs_stay_on_the_worker(values, deploy) -> None:
-    plain = values("local")  # the committed local stack has the local cloud's object storage
-    for key in ("objectStorage", "objectStorageAccessKey", "objectStorageSecretKey"):
-        plain.pop(key, None)
-    engine, _ = deploy(plain, stack="local")
+    engine, _ = deploy(without_object_storage(values("local")), stack="local")
     for step in _steps(engine, "airflow-config").values():
         logging = _cfg(step)["logging"]
         assert "remote_logging" not in logging and "logging_config_class" not in logging

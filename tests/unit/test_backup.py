@@ -18,6 +18,7 @@ import yaml
 from components import backup
 from components.config import ConfigError, parse_config
 from components.layout import TEXTFILE_DIR
+from tests.conftest import without_object_storage
 from tests.unit.stepharness import Answer, Node, rendered_step
 from tools.engine import Engine, Step, run_program, unwrap_secrets
 
@@ -29,10 +30,7 @@ STANZA = "airflow-ha-local"
 
 def _without_storage(values: Any, **overrides: Any) -> dict[str, Any]:
     """The local stack as if it had no objectStorage (the committed one has the local cloud's)."""
-    plain = values("local")
-    for key in ("objectStorage", "objectStorageAccessKey", "objectStorageSecretKey"):
-        plain.pop(key, None)
-    return {**plain, **overrides}
+    return {**without_object_storage(values("local")), **overrides}
 
 
 def _with_storage(values: Any, **extra: Any) -> dict[str, Any]:
