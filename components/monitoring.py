@@ -72,6 +72,7 @@ DEFAULTS = {
 TEXTFILE_SCRIPT = "/usr/local/sbin/airflow-ha-textfile-metrics"
 TEXTFILE_UNIT = "airflow-ha-textfile-metrics"
 UNIT_DIR = "/etc/systemd/system"
+MESH_INTERFACE = "wg0"
 TEXTFILE_INTERVAL_S = 15
 RABBITMQ_EVERY_S = 60  # the textfile script's RabbitMQ part: two CLI calls, an Erlang VM each
 
@@ -302,6 +303,23 @@ def textfile_files(args: MonitoringArgs, spec: NodeSpec) -> list[RemoteFile]:
     return timer_files(TEXTFILE_SCRIPT, unit, "monitoring/textfile-metrics", context)
 
 
+def mesh_unit_files() -> list[RemoteFile]:
+    """Each daemon's drop-in: after WireGuard, and started again until its address is there."""
+    return [
+        RemoteFile(
+            mesh_unit_path(unit),
+            render(
+                "monitoring/mesh-unit.conf.j2", {"unit": unit, "mesh_interface": MESH_INTERFACE}
+            ),
+        )
+        for unit in DEFAULTS
+    ]
+
+
+def mesh_unit_path(unit: str) -> str:
+    return f"{UNIT_DIR}/{unit}.service.d/airflow-ha-mesh.conf"
+
+
 def services() -> list[dict[str, Any]]:
     """Each daemon and the files whose change restarts it."""
     return [
@@ -382,6 +400,7 @@ class MonitoringTier(pulumi.ComponentResource):
             "unit_dir": UNIT_DIR,
             "timer": TEXTFILE_UNIT,
             "services": services(),
+            "drop_ins": [mesh_unit_path(unit) for unit in DEFAULTS],
         }
         group = f"root:{MONITORING_USER}"
         return run_step(
@@ -393,6 +412,7 @@ class MonitoringTier(pulumi.ComponentResource):
                 RemoteFile(RULES_FILE, self._rules, "0640", group),
                 RemoteFile(ALERTMANAGER_CONFIG, alertmanager_yml(self._args, spec), "0640", group),
                 *textfile_files(self._args, spec),
+                *mesh_unit_files(),
             ],
             parent=self,
             depends_on=[packages],

@@ -184,7 +184,14 @@ def task_log(suite: Any, record: dict) -> None:
     run_id, task_id, try_number = found
     path = (f"/api/v2/dags/{PROBE_DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}/logs/"
             f"{try_number}?full_content=true")
+    # Airflow reports success before the task's process exits and uploads the log after
+    # it, so the log reaches the object storage a moment later: wait for that first.
+    succeeded = time.time()
     with_node = _log_text(api.get(path))
+    while "s3://" not in with_node and time.time() < succeeded + 120:
+        time.sleep(2)
+        with_node = _log_text(api.get(path))
+    upload_s = round(time.time() - succeeded, 1)
     event = common.stop_machine(victim)
     try:
         without_node = _log_text(api.get(path, attempts=10))
@@ -195,10 +202,12 @@ def task_log(suite: Any, record: dict) -> None:
         "the log was read from the object storage": "s3://" in without_node,
         "the log is whole without the node that ran it": _finished(without_node),
         "the same log with the node up": _finished(with_node),
+        "the log reached the object storage within 2 minutes": "s3://" in with_node,
     })
     record.update(victim=victim, runner=reader, outage_s=NO_OUTAGE, lost={"logs": 0 if _finished(
         without_node) else 1}, rejoin_s=health.get("all_s"), healthy_after_s=health.get("all_s"),
-        details={"run_id": run_id, "log_tail": without_node[-600:], "health": health})
+        details={"run_id": run_id, "upload_s": upload_s, "log_tail": without_node[-600:],
+                 "health": health})
 
 
 def _log_text(reply: dict) -> str:

@@ -33,7 +33,11 @@ from tools.localcloud.machines import MACHINES
 LOCK_TIMEOUT_S = 4 * 3600  # other engineers' drills may hold the lock for a long time
 SCHEDULER_ALIVE_S = 30  # Airflow's scheduler_health_check_threshold
 DATABASE_UNITS = ("etcd", "patroni", "haproxy", "rabbitmq-server")
-PARTS = ("machines", "etcd", "patroni", "rabbitmq", "airflow")
+MONITORING_UNITS = (
+    "prometheus", "prometheus-alertmanager", "prometheus-node-exporter",
+    "prometheus-postgres-exporter",
+)
+PARTS = ("machines", "etcd", "patroni", "rabbitmq", "airflow", "monitoring")
 
 
 def lock() -> ClusterLock:
@@ -184,6 +188,7 @@ class Agent:
 NODE_PROBE = r"""
 units="{units}"
 echo "units=$(systemctl is-active $units | tr '\n' ' ')"
+echo "monitoring=$(systemctl is-active {monitoring} | tr '\n' ' ')"
 if ETCDCTL_API=3 timeout 5 etcdctl --endpoints=http://127.0.0.1:2379 endpoint health \
     >/dev/null 2>&1; then echo etcd=healthy; else echo etcd=unhealthy; fi
 echo "rabbit=$(timeout 20 rabbitmqctl -q cluster_status --formatter json 2>/dev/null | python3 -c \
@@ -203,7 +208,8 @@ SCHEDULERS_SQL = (
 
 def node_probe(node: str, mesh: str) -> dict[str, str] | None:
     units = " ".join((*DATABASE_UNITS, *SERVICES))
-    result = quiet_ssh(node, NODE_PROBE.format(units=units, mesh=mesh), timeout=45)
+    script = NODE_PROBE.format(units=units, monitoring=" ".join(MONITORING_UNITS), mesh=mesh)
+    result = quiet_ssh(node, script, timeout=45)
     if result is None or result.returncode != 0:
         return None
     return dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
@@ -286,6 +292,11 @@ def snapshot(mesh: dict[str, str], password: str) -> dict[str, Any]:
             p is not None
             and p.get("units", "").split() == ["active"] * (len(DATABASE_UNITS) + len(SERVICES))
             and p.get("api") == "healthy"
+            for p in probes.values()
+        ),
+        # Prometheus and Alertmanager watch the cluster: they must come back by themselves too.
+        "monitoring": all(
+            p is not None and p.get("monitoring", "").split() == ["active"] * len(MONITORING_UNITS)
             for p in probes.values()
         ),
     }
