@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -182,45 +183,73 @@ def task_log(suite: Any, record: dict) -> None:
             found = (run_id, ti["task_id"], ti["try_number"])
     assert found is not None, f"no probe task ran on {victim} in 10 minutes"
     run_id, task_id, try_number = found
-    path = (f"/api/v2/dags/{PROBE_DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}/logs/"
-            f"{try_number}?full_content=true")
-    # Airflow reports success before the task's process exits and uploads the log after
-    # it, so the log reaches the object storage a moment later: wait for that first.
-    succeeded = time.time()
-    with_node = _log_text(api.get(path))
-    while "s3://" not in with_node and time.time() < succeeded + 120:
-        time.sleep(2)
-        with_node = _log_text(api.get(path))
-    upload_s = round(time.time() - succeeded, 1)
+    path = log_path(run_id, task_id, try_number)
+    with_node, upload_s = uploaded_log(api, path)
     event = common.stop_machine(victim)
     try:
-        without_node = _log_text(api.get(path, attempts=10))
+        without_node = read_log(api, path)
     finally:
         common.start_machine(victim)
     health = suite.healthy(since=event, timeout=900)
-    record["checks"].update({
-        "the log was read from the object storage": "s3://" in without_node,
-        "the log is whole without the node that ran it": _finished(without_node),
-        "the same log with the node up": _finished(with_node),
-        "the log reached the object storage within 2 minutes": "s3://" in with_node,
-    })
-    record.update(victim=victim, runner=reader, outage_s=NO_OUTAGE, lost={"logs": 0 if _finished(
+    record["checks"].update(log_checks(with_node, without_node))
+    record.update(victim=victim, runner=reader, outage_s=NO_OUTAGE, lost={"logs": 0 if log_whole(
         without_node) else 1}, rejoin_s=health.get("all_s"), healthy_after_s=health.get("all_s"),
         details={"run_id": run_id, "upload_s": upload_s, "log_tail": without_node[-600:],
                  "health": health})
 
 
-def _log_text(reply: dict) -> str:
+def log_path(run_id: str, task_id: str, try_number: int) -> str:
+    return (f"/api/v2/dags/{PROBE_DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}/logs/"
+            f"{try_number}?full_content=true")
+
+
+def finished_log_path(api: Api, run_id: str) -> str:
+    """The log of a probe run's task, the try that finished it."""
+    tis = api.get(f"/api/v2/dags/{PROBE_DAG_ID}/dagRuns/{run_id}/taskInstances")
+    ti = tis["task_instances"][0]
+    return log_path(run_id, ti["task_id"], ti["try_number"])
+
+
+def read_log(api: Api, path: str) -> str:
+    """The log as the API gives it now, or why it could not (a failed check, not a crash)."""
+    try:
+        return log_text(api.get(path, attempts=10))
+    except (RuntimeError, subprocess.TimeoutExpired) as failure:
+        return f"(not read: {failure})"
+
+
+def uploaded_log(api: Api, path: str, timeout: float = 120) -> tuple[str, float]:
+    """A finished task's log once it is on the object storage, and how long that took.
+    Airflow reports success before the task's process exits and uploads the log after it."""
+    succeeded = time.time()
+    text = log_text(api.get(path))
+    while "s3://" not in text and time.time() < succeeded + timeout:
+        time.sleep(2)
+        text = log_text(api.get(path))
+    return text, round(time.time() - succeeded, 1)
+
+
+def log_checks(with_node: str, without_node: str) -> dict[str, bool]:
+    """A task's log read with the node that ran it up, then with that node down."""
+    return {
+        "the log was read from the object storage": "s3://" in without_node,
+        "the log is whole without the node that ran it": log_whole(without_node),
+        "the same log with the node up": log_whole(with_node),
+        "the log reached the object storage within 2 minutes": "s3://" in with_node,
+    }
+
+
+def log_text(reply: dict) -> str:
     content = reply.get("content", "")
     if isinstance(content, list):
         return "\n".join(json.dumps(c) if not isinstance(c, str) else c for c in content)
     return str(content)
 
 
-def _finished(text: str) -> bool:
+def log_whole(text: str) -> bool:
     """The whole log of the probe task: its command, its exit and what came after it."""
-    return ("sleep 1" in text and "Command exited with return code 0" in text
-            and "Post Execute" in text)
+    return (re.search(r"sleep \d+", text) is not None
+            and "Command exited with return code 0" in text and "Post Execute" in text)
 
 
 def _wait_run(api: Api, run_id: str, timeout: float = 300) -> str:

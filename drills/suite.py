@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from drills import backup, broker, common, failover
+from drills.airflow import Api
 from drills.common import Agent
 from drills.nodes import NODES, Log, say, ssh
 from drills.workload import DbWriter, Secrets, Workloads, ensure_probe_dag
@@ -386,8 +387,18 @@ def machine_stop(suite: Suite, record: dict) -> None:
     victim = sync or others(leader)[0]
     runner = others(leader, victim)[0]
     started_at = None
+    api = Api(runner)
     with suite.workload(runner, "machine", victim) as wl:
         time.sleep(BASELINE_S)
+        # A probe task the victim finished: its log is read through the runner while the
+        # victim is down (from the object storage: the victim's log server is gone with it).
+        deadline = time.monotonic() + 180
+        done: list[str] = []
+        while not done and time.monotonic() < deadline:
+            done = wl.finished_on(victim)
+            time.sleep(1)
+        path = backup.finished_log_path(api, done[-1]) if done else None
+        with_node, upload_s = backup.uploaded_log(api, path) if path else ("", None)
         deadline = time.monotonic() + 180
         in_flight: list[str] = []
         while not in_flight and time.monotonic() < deadline:
@@ -397,6 +408,7 @@ def machine_stop(suite: Suite, record: dict) -> None:
         wl.in_effect_at = time.time()
         suite.log(f"  {victim} killed (power cut) with probe runs {in_flight} running on it")
         try:
+            without_node = backup.read_log(api, path) if path else ""
             recovered = wl.wait_recovered(event)
             time.sleep(BASELINE_S)
         finally:
@@ -409,9 +421,13 @@ def machine_stop(suite: Suite, record: dict) -> None:
         "in_flight_on_victim": in_flight,
         "down_s": round(started_at - event, 1),
         "recovered": recovered,
+        "task_log": {"run_id": done[-1] if done else None, "upload_s": upload_s},
     }
     record_outcome(record, victim, runner, figures, health, health["all_s"], details)
+    record["lost"]["logs"] = 0 if backup.log_whole(without_node) else 1
     record["checks"]["a DAG run was in flight on the machine"] = bool(in_flight)
+    record["checks"]["a probe task had finished on the machine"] = bool(done)
+    record["checks"].update(backup.log_checks(with_node, without_node))
     record["checks"]["every part rejoined by itself"] = health["all_s"] is not None
 
 
@@ -635,7 +651,8 @@ def region_lost(suite: Suite, record: dict) -> None:
 def catalogue(quick: bool) -> list[tuple[str, str, Callable[[Suite, dict], None]]]:
     """(name, label, body) in the order they run. --quick (CI, which must stay under 45
     minutes) skips the Patroni-defaults crash drill (the full suite's comparison), the
-    scheduler drills, the switchover and the broker crash (covered as the list says), the
+    scheduler drills, the switchover, the broker crash and the task log (covered as the list
+    says), the
     region lost (machine-stop kills a machine, the partition isolates the primary's) and the
     total loss (it rebuilds every machine)."""
     defaults = failover.PATRONI_DEFAULTS
@@ -669,7 +686,8 @@ def catalogue(quick: bool) -> list[tuple[str, str, Callable[[Suite, dict], None]
         # The quick form keeps one drill per kind of loss: backup-basics makes a switchover
         # under the workload (the switchover drill's event), machine-stop loses a broker and
         # a node's schedulers with its machine (broker-crash's and scheduler-node's).
+        # machine-stop also reads a log the killed machine's task wrote (task-log's check).
         full_only = ("db-crash-defaults", "scheduler-all", "scheduler-one", "region-lost",
-                     "total-loss", "switchover", "broker-crash", "scheduler-node")
+                     "total-loss", "switchover", "broker-crash", "scheduler-node", "task-log")
         drills = [d for d in drills if d[0] not in full_only]
     return drills

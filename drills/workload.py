@@ -286,6 +286,11 @@ class Workloads:
         starts = [r["start"] for r in self.runs().values() if r["start"] and r["start"] > moment]
         return min(starts) if starts else None
 
+    def finished_on(self, node: str) -> list[str]:
+        """This workload's successful probe runs whose task ran on `node`, oldest first."""
+        runs = sorted(self.runs().items(), key=lambda item: item[1]["start"] or 0)
+        return [rid for rid, r in runs if r["state"] == "success" and node in r["hosts"]]
+
     def running_on(self, node: str) -> list[str]:
         runs = self.runs().items()
         return [rid for rid, r in runs if "running" in r["task_states"] and node in r["hosts"]]
