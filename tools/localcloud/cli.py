@@ -191,6 +191,24 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_destroy(args: argparse.Namespace) -> int:
+    """Machines lost with their disks, as in a data centre's fire; the network and the S3
+    endpoint (the cloud's object storage, which outlives the servers) stay. `up` makes fresh
+    machines in their place (new disks, new host keys)."""
+    prepare_host()
+    machines = [by_name(name) for name in args.names]
+    with locked():
+        for machine in machines:
+            if runtime.is_running(machine):
+                runtime.power_off(machine, kill=True)
+            runtime.cleanup(machine)  # unmounts the disk, or fails saying why
+            disk = runtime.Paths(machine).dir
+            if disk.exists():
+                shutil.rmtree(disk)
+            log(f"{machine.name}: destroyed (killed, disk deleted); S3 and the network kept")
+    return 0
+
+
 def cmd_down(args: argparse.Namespace) -> int:
     prepare_host()
     with locked():
@@ -331,6 +349,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     down.add_argument("--purge", action="store_true", help="also delete disks, ssh key, S3 CA")
     down.set_defaults(func=cmd_down)
+    destroy = sub.add_parser(
+        "destroy", help="kill machines and delete their disks; keep the network and S3"
+    )
+    destroy.add_argument("names", nargs="+", choices=names, metavar="NAME")
+    destroy.set_defaults(func=cmd_destroy)
     sub.add_parser("status", help="one line per machine").set_defaults(func=cmd_status)
     stop = sub.add_parser("stop", help="power off one machine, keep its disk")
     stop.add_argument("name", choices=names)

@@ -2,8 +2,10 @@
 
 Deploys (tools.deploy), drills (drills/) and the cluster tests all take this one flock on
 /run/airflow-ha-cluster.lock, so that a drill never stops a machine under a deploy's step and
-two drills never disturb the cluster at once. A process started under `flock LOCK cmd` (an
-ancestor already holds the lock) goes ahead: taking it again would wait for itself.
+two drills never disturb the cluster at once. A process whose ancestor already holds the lock
+goes ahead: taking it again would wait for itself. That ancestor is `flock LOCK cmd`, or a
+ClusterLock holder (a drill that runs tools.deploy): it names itself in HOLDER_ENV, which its
+children inherit.
 """
 
 from __future__ import annotations
@@ -15,21 +17,37 @@ from pathlib import Path
 from typing import IO
 
 LOCK_PATH = Path("/run/airflow-ha-cluster.lock")
+HOLDER_ENV = "AIRFLOW_HA_CLUSTER_LOCK_HOLDER"  # "<pid> <lock path>" of the holding process
+
+
+def _ancestors(pid: int) -> list[int]:
+    chain = []
+    while pid > 1:
+        chain.append(pid)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            break
+        # /proc/PID/stat: "pid (comm) state ppid ..."; comm may hold spaces and parentheses.
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+    return chain
 
 
 def held_by_ancestor(path: Path = LOCK_PATH, pid: int | None = None) -> bool:
-    """Whether a process above this one is `flock` on `path` (its command line names both)."""
-    pid = os.getppid() if pid is None else pid
-    while pid > 1:
+    """Whether a process above this one holds `path`: `flock` on it (its command line names
+    both), or a ClusterLock holder named in HOLDER_ENV (an inherited, stale value does not
+    count: that process must be an ancestor)."""
+    ancestors = _ancestors(os.getppid() if pid is None else pid)
+    holder, _, held = os.environ.get(HOLDER_ENV, "").partition(" ")
+    if holder.isdigit() and int(holder) in ancestors and held == str(path):
+        return True
+    for ancestor in ancestors:
         try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmdline = Path(f"/proc/{ancestor}/cmdline").read_bytes().replace(b"\0", b" ")
         except OSError:  # the process is gone: nobody above holds it for us
             return False
         if b"flock" in cmdline and str(path).encode() in cmdline:
             return True
-        # /proc/PID/stat: "pid (comm) state ppid ..."; comm may hold spaces and parentheses.
-        pid = int(stat.rsplit(")", 1)[1].split()[1])
     return False
 
 
@@ -52,6 +70,7 @@ class ClusterLock:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 self.handle = handle
+                os.environ[HOLDER_ENV] = f"{os.getpid()} {self.path}"  # for its children
                 return self
             except BlockingIOError:
                 if not announced:
@@ -68,3 +87,4 @@ class ClusterLock:
         if self.handle is not None:
             self.handle.close()
             self.handle = None
+            os.environ.pop(HOLDER_ENV, None)
