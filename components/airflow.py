@@ -385,10 +385,12 @@ def connection_value(login: str, password: str, extra: dict) -> str:
 
 
 def object_storage_connection(storage: ObjectStorage) -> pulumi.Output[str]:
-    """The task logs' connection: the bucket's keys, secret end to end."""
+    """The task logs' connection, secret end to end. Its key is the task logs' own where the
+    stack has one (taskLogAccessKey, or the one objectStorage.create makes), else the backups':
+    every task can read this connection."""
     extra = object_storage_extra(storage)
     return pulumi.Output.secret(
-        pulumi.Output.all(storage.access_key, storage.secret_key).apply(
+        pulumi.Output.all(*storage.task_log_keys).apply(
             lambda keys: connection_value(keys[0], keys[1], extra)
         )
     )

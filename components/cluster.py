@@ -6,6 +6,8 @@ ClusterConfig and from what the tiers before it give (a step per node to wait fo
 
 from __future__ import annotations
 
+import dataclasses
+
 import pulumi
 
 from . import backup as backup_tier
@@ -14,6 +16,7 @@ from . import database as database_tier
 from .airflow import AirflowArgs, AirflowTier, TaskLogs, lock_file
 from .backup import BackupArgs, BackupTier
 from .broker import BrokerArgs, BrokerTier
+from .bucket import BucketArgs, ObjectStorageBucket
 from .config import ClusterConfig
 from .dag_sync import DagSync, DagSyncArgs
 from .database import PATRONI_CONFIG, DatabaseArgs, DatabaseTier
@@ -42,6 +45,32 @@ def nodes_args(cfg: ClusterConfig) -> NodesArgs:
         deploy_key_known=cfg.deploy_public_key is not None,
         protect=cfg.protect_servers,
     )
+
+
+def bucket_args(cfg: ClusterConfig) -> BucketArgs:
+    assert cfg.object_storage is not None
+    return BucketArgs(
+        cluster=cluster_name(cfg),
+        stack=cfg.stack,
+        bucket=cfg.object_storage.bucket,
+        region=cfg.object_storage.region,
+        protect=cfg.protect_servers,
+    )
+
+
+def with_created_keys(cfg: ClusterConfig, bucket: ObjectStorageBucket) -> ClusterConfig:
+    """The stack config with the keys the program made in objectStorage: the backups' for
+    pgBackRest, the task logs' for Airflow (the tiers read them from there, as they read keys
+    from the stack config)."""
+    assert cfg.object_storage is not None
+    storage = dataclasses.replace(
+        cfg.object_storage,
+        access_key=bucket.backup_keys.access_key,
+        secret_key=bucket.backup_keys.secret_key,
+        task_log_access_key=bucket.task_log_keys.access_key,
+        task_log_secret_key=bucket.task_log_keys.secret_key,
+    )
+    return dataclasses.replace(cfg, object_storage=storage)
 
 
 def database_args(cfg: ClusterConfig, on: TierArgs) -> DatabaseArgs:
@@ -138,6 +167,11 @@ class AirflowHaCluster(pulumi.ComponentResource):
         lock_file(cfg.airflow_version)  # ConfigError before any resource when the lock is missing
         super().__init__("airflow-ha:cluster:AirflowHaCluster", cluster_name(cfg), None, opts)
         child = pulumi.ResourceOptions(parent=self)
+        # objectStorage.create: the bucket and its two keys first; nothing of it waits for a node.
+        self.bucket: ObjectStorageBucket | None = None
+        if cfg.object_storage is not None and cfg.object_storage.create:
+            self.bucket = ObjectStorageBucket("object-storage", bucket_args(cfg), child)
+            cfg = with_created_keys(cfg, self.bucket)
         self.nodes = Nodes("nodes", nodes_args(cfg), child)
         self.mesh = VpnMesh("mesh", VpnArgs(self.nodes.nodes, cfg.mesh_prefix_len), child)
         # Every tier runs on every node, each node's part once that node's mesh is ready.

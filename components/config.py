@@ -87,13 +87,26 @@ class ObjectStorage:
     bucket: str
     uri_style: str  # host or path
     ca_certificate: str | None  # PEM; None: the system's CAs
-    access_key: Any  # str or a secret pulumi.Output[str]
+    # The backups' key: str or a secret pulumi.Output[str]. With create, None until the cluster
+    # has made the bucket's keys (components/bucket.py) and put them here.
+    access_key: Any
     secret_key: Any
+    create: bool = False  # the program makes the bucket and its two keys
+    # The task logs' own key (taskLogAccessKey, or the one create makes); None: the backups'.
+    task_log_access_key: Any = None
+    task_log_secret_key: Any = None
 
     @property
     def url(self) -> str:
         """The endpoint as an https URL (what boto3 takes)."""
         return f"https://{self.endpoint}:{self.port}"
+
+    @property
+    def task_log_keys(self) -> tuple[Any, Any]:
+        """The key pair of Airflow's task-log connection: its own, else the backups'."""
+        if self.task_log_access_key is None:
+            return self.access_key, self.secret_key
+        return self.task_log_access_key, self.task_log_secret_key
 
 
 @dataclass(frozen=True)
@@ -327,7 +340,28 @@ def _parse_patroni(raw: Any) -> PatroniSettings:
     )
 
 
-def _parse_object_storage(get: Callable[[str], Any]) -> dict[str, Any]:
+# objectStorage.create's IAM users (components/bucket.py): one for the backups, one for the
+# task logs. IAM takes a user name of at most 64 characters.
+CREATED_USER_ROLES = ("backup", "task-logs")
+IAM_USER_NAME_MAX = 64
+
+
+def created_user_name(stack: str, role: str) -> str:
+    return f"airflow-ha-{stack}-{role}"
+
+
+STORAGE_KEYS = ("objectStorageAccessKey", "objectStorageSecretKey")
+TASK_LOG_KEYS = ("taskLogAccessKey", "taskLogSecretKey")
+
+
+def _set(value: Any) -> bool:
+    """A config value that is there (a secret Output, or text that is not blank)."""
+    return value is not None and not (isinstance(value, str) and not value.strip())
+
+
+def _parse_object_storage(
+    get: Callable[[str], Any], stack: str, nodes: tuple[NodeSpec, ...]
+) -> dict[str, Any]:
     """ClusterConfig's object_storage and backup."""
     raw_backup = get("backup")
     b = _fields(raw_backup, "backup", schema.BACKUP_KEYS, "write backup: {retentionFull: 2}")
@@ -340,7 +374,7 @@ def _parse_object_storage(get: Callable[[str], Any]) -> dict[str, Any]:
     )
     raw = get("objectStorage")
     if raw is None:
-        for name in ("objectStorageAccessKey", "objectStorageSecretKey"):
+        for name in (*STORAGE_KEYS, *TASK_LOG_KEYS):
             if get(name) is not None:
                 raise ConfigError(name, "is set, but objectStorage is not",
                                   "add objectStorage: {endpoint, region, bucket}, or remove "
@@ -351,12 +385,8 @@ def _parse_object_storage(get: Callable[[str], Any]) -> dict[str, Any]:
         return {"object_storage": None, "backup": backup}
     o = _fields(raw, "objectStorage", schema.OBJECT_STORAGE_KEYS,
                 "write objectStorage: {endpoint: ..., region: ..., bucket: ...}")
-    keys = {}
-    for name in ("objectStorageAccessKey", "objectStorageSecretKey"):
-        keys[name] = get(name)
-        if keys[name] is None or (isinstance(keys[name], str) and not keys[name].strip()):
-            raise ConfigError(name, "is missing: objectStorage needs its credentials",
-                              f"pulumi config set --secret {name} <value>")
+    if o["create"]:
+        _check_created(o, stack, nodes)
     storage = ObjectStorage(
         endpoint=o["endpoint"],
         port=o["port"],
@@ -364,10 +394,72 @@ def _parse_object_storage(get: Callable[[str], Any]) -> dict[str, Any]:
         bucket=o["bucket"],
         uri_style=o["uriStyle"],
         ca_certificate=o["caCertificate"],
-        access_key=keys["objectStorageAccessKey"],
-        secret_key=keys["objectStorageSecretKey"],
+        create=o["create"],
+        **_storage_keys(get, o["create"]),
     )
     return {"object_storage": storage, "backup": backup}
+
+
+def _storage_keys(get: Callable[[str], Any], create: bool) -> dict[str, Any]:
+    """ObjectStorage's keys from the stack config: the backups' pair (required), the task logs'
+    pair (optional, both or neither); with create the program makes them and none may be set."""
+    if create:
+        for name in (*STORAGE_KEYS, *TASK_LOG_KEYS):
+            if get(name) is not None:
+                raise ConfigError(name, "is set, but objectStorage.create makes the bucket's "
+                                  "keys (one for the backups, one for the task logs)",
+                                  f"remove it: pulumi config rm {name}")
+        return {"access_key": None, "secret_key": None}
+    access, secret = (get(name) for name in STORAGE_KEYS)
+    for name, value in zip(STORAGE_KEYS, (access, secret), strict=True):
+        if not _set(value):
+            raise ConfigError(name, "is missing: objectStorage needs its credentials",
+                              f"pulumi config set --secret {name} <value>")
+    logs = {name: get(name) for name in TASK_LOG_KEYS}
+    given = [name for name in TASK_LOG_KEYS if _set(logs[name])]
+    if len(given) == 1:
+        (missing,) = set(TASK_LOG_KEYS) - set(given)
+        raise ConfigError(missing, f"is missing: {given[0]} is set, and the task logs' key "
+                          "needs both halves",
+                          f"pulumi config set --secret {missing} <value>, or remove {given[0]}")
+    return {
+        "access_key": access,
+        "secret_key": secret,
+        "task_log_access_key": logs["taskLogAccessKey"] if given else None,
+        "task_log_secret_key": logs["taskLogSecretKey"] if given else None,
+    }
+
+
+def _check_created(o: Mapping[str, Any], stack: str, nodes: tuple[NodeSpec, ...]) -> None:
+    """create: the program makes the bucket through AWS's API, with the credentials the
+    stack's AWS nodes are made with, where its endpoint says it is."""
+    if not any(n.cloud == "aws" for n in nodes):
+        raise ConfigError(
+            "objectStorage.create",
+            "is true, but no node runs on AWS: the program makes buckets on AWS S3 only, "
+            "with the AWS credentials of a stack's aws nodes",
+            "make the bucket yourself (Hetzner: in its Console) and remove create",
+        )
+    region = schema.aws_region(o["region"], "objectStorage.region")
+    endpoint = f"s3.{region}.amazonaws.com"
+    if o["endpoint"] != endpoint:
+        raise ConfigError(
+            "objectStorage.endpoint",
+            f"{o['endpoint']!r} is not AWS S3's endpoint in {region}, where create makes the "
+            "bucket",
+            f"set endpoint: {endpoint} (or remove create and give your own bucket)",
+        )
+    if o["port"] != 443:
+        raise ConfigError("objectStorage.port", f"{o['port']} is not AWS S3's port",
+                          "remove port (AWS S3 answers on 443)")
+    longest = max((created_user_name(stack, role) for role in CREATED_USER_ROLES), key=len)
+    if len(longest) > IAM_USER_NAME_MAX:
+        raise ConfigError(
+            "objectStorage.create",
+            f"the stack name {stack!r} makes the IAM user name {longest!r}, longer than IAM's "
+            f"{IAM_USER_NAME_MAX} characters",
+            "use a shorter stack name, or make the bucket and its keys yourself",
+        )
 
 
 def _check_stack_name(stack: str) -> None:
@@ -488,7 +580,7 @@ def parse_config(
         celery_worker_concurrency=get("celeryWorkerConcurrency"),
         protect_servers=get("protectServers"),
         **_parse_alerting(get, receiver_secrets_text),
-        **_parse_object_storage(get),
+        **_parse_object_storage(get, stack, nodes),
     )
 
 

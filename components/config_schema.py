@@ -787,13 +787,17 @@ OBJECT_STORAGE_KEYS: tuple[Key, ...] = (
     Key("port", "number", "its HTTPS port (pgBackRest speaks only HTTPS to S3)", port, 443),
     Key("region", "text", "the region the endpoint signs requests for", s3_region),
     Key("bucket", "text",
-        "an existing bucket: backups go to /<stack>/pgbackrest, task logs to /<stack>/task-logs",
-        bucket_name),
+        "the bucket (an existing one, or the one create makes): backups go to "
+        "/<stack>/pgbackrest, task logs to /<stack>/task-logs", bucket_name),
     Key("uriStyle", "text", "host (bucket.endpoint, AWS and Hetzner) or path (endpoint/bucket)",
         one_of(URI_STYLES, "an S3 URI style"), "host"),
     Key("caCertificate", "text",
         "the PEM CA certificate of the endpoint's TLS certificate, when no public CA signs it",
         pem_certificate, None, "the system's CAs"),
+    Key("create", "true/false",
+        "the program makes the bucket (AWS S3 only: an aws node's stack, an s3.<region>."
+        "amazonaws.com endpoint) and two keys, one per prefix, for the backups and the task logs",
+        boolean, False),
 )
 
 BACKUP_KEYS: tuple[Key, ...] = (
@@ -870,10 +874,18 @@ TOP_KEYS: tuple[Key, ...] = (
         "the S3-compatible object storage of the backups and the task logs: the objectStorage "
         "fields below; none: no backups, and task logs stay on the node that ran the task",
         lambda value, key: value, None, "none"),  # parsed by config._parse_object_storage
-    Key("objectStorageAccessKey", "secret", "the object storage's access key ID",
-        optional_secret, None, "required with objectStorage"),
+    Key("objectStorageAccessKey", "secret",
+        "the object storage's access key ID (the backups', and the task logs' without "
+        "taskLogAccessKey)", optional_secret, None,
+        "required with objectStorage, refused with create"),
     Key("objectStorageSecretKey", "secret", "the object storage's secret access key",
-        optional_secret, None, "required with objectStorage"),
+        optional_secret, None, "required with objectStorage, refused with create"),
+    Key("taskLogAccessKey", "secret",
+        "a key ID of the task logs' own: every task can read the task logs' key, so give them "
+        "one that cannot reach /<stack>/pgbackrest (runbook section 11)", optional_secret, None,
+        "the backups' key; refused with create"),
+    Key("taskLogSecretKey", "secret", "its secret access key (set both or neither)",
+        optional_secret, None, "the backups' key; refused with create"),
     Key("backup", "mapping", "pgBackRest's schedule and retention: the backup fields below",
         lambda value, key: value, {}, "see below"),  # parsed by config._parse_object_storage
     Key("alertReceivers", "list",

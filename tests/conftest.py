@@ -13,6 +13,7 @@ import pytest
 from tools.engine import (
     OBJECT_STORAGE_SECRETS,
     RENDER_CA_CERTIFICATE,
+    TASK_LOG_SECRETS,
     Engine,
     fake_host_keys,
     fake_ssh_private_key,
@@ -42,8 +43,9 @@ def stack_values(stack: str) -> dict[str, Any]:
             values.setdefault(key, f"<secret:{key}>")
     # A private key whose public half is sshPublicKey's, as in a stack between rotations.
     values.setdefault("sshPrivateKey", fake_ssh_private_key(values["sshPublicKey"]))
-    # The bucket's keys, set with `pulumi config set --secret` like sshPrivateKey.
-    if "objectStorage" in values:
+    # The bucket's keys, set with `pulumi config set --secret` like sshPrivateKey (with create
+    # the program makes them).
+    if "objectStorage" in values and not values["objectStorage"].get("create"):
         values.setdefault("objectStorageAccessKey", FAKE_ACCESS_KEY)
         values.setdefault("objectStorageSecretKey", FAKE_SECRET_KEY)
     return values
@@ -52,7 +54,7 @@ def stack_values(stack: str) -> dict[str, Any]:
 def without_object_storage(values: dict[str, Any]) -> dict[str, Any]:
     """A stack's values as if it had no objectStorage (the committed local stack has the local
     cloud's): no backups, task logs on the workers."""
-    for key in ("objectStorage", "objectStorageAccessKey", "objectStorageSecretKey"):
+    for key in ("objectStorage", *OBJECT_STORAGE_SECRETS, *TASK_LOG_SECRETS):
         values.pop(key, None)
     return values
 

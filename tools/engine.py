@@ -27,12 +27,15 @@ from components.config_schema import describe
 
 REPO = Path(__file__).resolve().parent.parent
 STACKS_DIR = REPO / "stacks"
-SECRET_CONFIG_KEYS = ("sshPrivateKey", "objectStorageAccessKey", "objectStorageSecretKey")
 # The secrets an offline render stands in for when the stack file holds none; the object
-# storage's credentials only with objectStorage (without it they are refused).
+# storage's credentials only with objectStorage (without it they are refused) and without its
+# create (the program makes them then, and refuses them set).
 ALWAYS_NEEDED_SECRETS = ("sshPrivateKey",)
 OBJECT_STORAGE_SECRETS = ("objectStorageAccessKey", "objectStorageSecretKey")
+TASK_LOG_SECRETS = ("taskLogAccessKey", "taskLogSecretKey")  # optional: no placeholders
+SECRET_CONFIG_KEYS = ("sshPrivateKey", *OBJECT_STORAGE_SECRETS, *TASK_LOG_SECRETS)
 COMMAND = "command:remote:Command"  # a step
+ACCESS_KEY = "aws:iam/accessKey:AccessKey"  # its id and `secret`: the key the program makes
 STEP_HEADER = re.compile(r'^# airflow-ha step "(?P<step>[^"]+)" on node (?P<node>\S+)', re.M)
 PRINTS = re.compile(r"^# prints: (?P<keys>.+?) \(as key=value lines\)$", re.M)
 FILE_BLOCK = re.compile(
@@ -82,6 +85,7 @@ class Options:
     protect: bool = False
     ignore_changes: tuple[str, ...] = ()
     replace_on_changes: tuple[str, ...] = ()
+    provider: str = ""  # "type::name" of an explicit provider; "": the default one
 
 
 @dataclass
@@ -289,6 +293,9 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
                     protect=bool(request.protect),
                     ignore_changes=tuple(request.ignoreChanges),
                     replace_on_changes=tuple(request.replaceOnChanges),
+                    # A provider reference is "<urn>::<id>".
+                    provider=_key(request.provider.rsplit("::", 1)[0]) if request.provider
+                    else "",
                 )
         return super().RegisterResource(request)
 
@@ -346,9 +353,15 @@ class Engine(pulumi_mocks.Mocks):
             outputs["allocationId"] = f"eipalloc-{number}"
         elif typ == "aws:ec2/keyPair:KeyPair":
             outputs["keyName"] = args.name
+        elif typ == ACCESS_KEY:
+            outputs["secret"] = rpc.wrap_rpc_secret(
+                self.secret_value(args.name, "password", inputs)
+            )
         with self.lock:
             self.resources.append(Registered(typ, args.name, inputs, outputs, number, secret_paths))
         resource_id = hcloud_id(typ, args.name) if typ.startswith("hcloud:") else f"{args.name}-id"
+        if typ == ACCESS_KEY:  # its id is the access key ID: a secret of the program's
+            resource_id = self.secret_value(f"{args.name}-id", "password", {"length": 16})
         return resource_id, outputs
 
     def call(self, args: pulumi_mocks.MockCallArgs) -> tuple[dict, list]:
@@ -397,7 +410,9 @@ def config_for_engine(
         config[full] = value if isinstance(value, str) else json.dumps(value, default=str)
     if placeholders:
         needed = ALWAYS_NEEDED_SECRETS
-        if values.get("objectStorage") is not None:
+        storage = values.get("objectStorage")
+        creates = isinstance(storage, dict) and str(storage.get("create")).lower() == "true"
+        if storage is not None and not creates:
             needed += OBJECT_STORAGE_SECRETS
         for key in needed:
             full = f"{NAMESPACE}:{key}"

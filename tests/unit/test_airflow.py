@@ -716,6 +716,24 @@ def test_with_object_storage_every_node_sends_task_logs_to_the_bucket(
             assert "stdin" in command.secret_inputs
 
 
+def test_a_task_log_key_of_its_own_replaces_the_backups_key_in_the_connection(
+    values, deploy, tmp_path
+) -> None:
+    """taskLogAccessKey/SecretKey: every task can read this connection, so it gets the second
+    key where the stack has one; pgBackRest keeps objectStorageAccessKey's."""
+    config = {**_with_storage(values), "taskLogAccessKey": "AKIATASKLOGSEXAMPLE",
+              "taskLogSecretKey": "task/logs+secret"}
+    engine, _ = deploy(config, stack="local")
+    for step in _steps(engine, "airflow-config").values():
+        env = _env_as_the_shell_reads_it(step, tmp_path)
+        conn = json.loads(env[airflow.REMOTE_LOG_CONN_ENV])
+        assert (conn["login"], conn["password"]) == ("AKIATASKLOGSEXAMPLE", "task/logs+secret")
+        assert AWKWARD_SECRET not in _file(step, airflow.AIRFLOW_ENV)
+    backups = _steps(engine, "backup-install")["node-a"]
+    assert AWKWARD_SECRET in _file(backups, "/etc/pgbackrest/pgbackrest.conf")
+    assert "task/logs+secret" not in _file(backups, "/etc/pgbackrest/pgbackrest.conf")
+
+
 @pytest.mark.parametrize(("uri_style", "with_ca"), [("host", False), ("path", True)])
 def test_the_connection_addresses_the_bucket_as_uri_style_says_and_trusts_the_ca(
     values, deploy, tmp_path, ca_certificate, uri_style, with_ca

@@ -26,6 +26,8 @@ AWS_INSTANCE = "aws:ec2/instance:Instance"
 SERVERS = (HCLOUD_SERVER, AWS_INSTANCE)
 # What holds a node's data or its identity: protected with protectServers.
 KEPT = (*SERVERS, "hcloud:index/primaryIp:PrimaryIp", "aws:ec2/eip:Eip")
+# What holds the backups: the bucket objectStorage.create makes, protected with protectServers.
+BUCKET = "aws:s3/bucket:Bucket"
 SSH_KEY = "hcloud:index/sshKey:SshKey"
 KEY_PAIR = "aws:ec2/keyPair:KeyPair"
 COMMAND = "command:remote:Command"
@@ -182,9 +184,11 @@ def test_servers_disks_and_addresses_are_protected_in_the_committed_stacks(
 ) -> None:
     engine, _ = deploy(values(stack), stack=stack)
     protected = {(r.type, r.name) for r in engine.resources if engine.options_of(r).protect}
-    assert protected == set(_by_key(engine, KEPT))
+    assert protected == set(_by_key(engine, (*KEPT, BUCKET)))
     # Three nodes: a server and a public address each. The AWS root disk is the instance's.
-    assert len(protected) == 6
+    # With objectStorage.create (prod), the bucket too.
+    created = values(stack).get("objectStorage", {}).get("create", False)
+    assert len(protected) == 6 + (1 if created else 0)
     for instance in _by_key(engine, (AWS_INSTANCE,)).values():
         assert instance.inputs["rootBlockDevice"]["encrypted"] is True
 

@@ -16,7 +16,16 @@ import re
 import pytest
 
 from components.airflow import fernet_key
-from tools.engine import FILE_BLOCK, Engine, Step, run_program, unwrap_secrets
+from tools.engine import (
+    ACCESS_KEY,
+    FILE_BLOCK,
+    OBJECT_STORAGE_SECRETS,
+    TASK_LOG_SECRETS,
+    Engine,
+    Step,
+    run_program,
+    unwrap_secrets,
+)
 
 STACKS = ["dev", "staging", "prod", "local"]
 # The files that hold a secret, their mode and owner: group-readable only for the service's
@@ -44,9 +53,12 @@ def generated_secrets(engine: Engine, values: dict) -> dict[str, str]:
         for output in ("result", "base64"):
             if r.outputs.get(output) is not None:
                 found[r.name] = unwrap_secrets(r.outputs[output])[0]
+        if r.type == ACCESS_KEY:  # objectStorage.create's keys: the secret and the key ID
+            found[r.name] = unwrap_secrets(r.outputs["secret"])[0]
+            found[f"{r.name}-id"] = engine.secret_value(f"{r.name}-id", "password", {"length": 16})
     found["airflow-fernet-key (derived)"] = fernet_key(found["airflow-fernet-key"])
     found["sshPrivateKey"] = values["sshPrivateKey"]
-    for key in ("objectStorageAccessKey", "objectStorageSecretKey"):
+    for key in (*OBJECT_STORAGE_SECRETS, *TASK_LOG_SECRETS):
         if key in values:
             found[key] = values[key]
     return found

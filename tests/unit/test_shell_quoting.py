@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import re
 import shlex
 import subprocess
@@ -143,6 +144,9 @@ def _render(stack: str, make: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[dic
     run_program(values, engine, stack)
     scripts = {r.name: r.inputs["stdin"] for r in engine.of_type("command:remote:Command")}
     secrets = [f"s-{r.name}" for r in engine.resources if r.type.startswith("random:")]
+    # objectStorage.create's access keys: the secret and the key ID (the resource's id).
+    for r in engine.of_type(engine_module.ACCESS_KEY):
+        secrets += [f"s-{r.name}", f"s-{r.name}-id"]
     return scripts, tags + secrets
 
 
@@ -169,6 +173,11 @@ def _raw_to_benign(text: str, tags: list[str]) -> str:
     for tag in tags:
         text = text.replace(_hostile(tag), _benign(tag))
     return text
+
+
+def _json(value: str) -> str:
+    """How the task logs' connection writes a key (components/airflow.py, connection_value)."""
+    return json.dumps(value)[1:-1].replace("'", "\\u0027").replace("$", "\\u0024")
 
 
 def _escaped(value: str) -> str:
@@ -199,6 +208,8 @@ def test_hostile_values_do_not_change_any_scripts_structure(
             parsed = parsed.replace(_escaped(_hostile(tag)), _benign(tag))
             # In a file's content (airflow.cfg's broker URL), a secret is URL-encoded data.
             parsed = parsed.replace(quote(_hostile(tag), safe=""), quote(_benign(tag), safe=""))
+            # In the env file's connection (JSON: objectStorage.create's keys), JSON text.
+            parsed = parsed.replace(_json(_hostile(tag)), _json(_benign(tag)))
         parsed = QUOTED_HEREDOC.sub(lambda m: _raw_to_benign(m.group(0), tags), parsed)
         assert parsed == _parsed(benign[name], tmp_path), f"{name}: a value changed the script"
         checked += 1
