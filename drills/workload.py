@@ -406,13 +406,17 @@ class Workloads:
         lines = self.trigger.stop()
         acked = self.acked_runs(lines)
         wanted = {r["run_id"]: r for r in acked}
-        deadline = time.monotonic() + settle_timeout
+        settling = time.monotonic()
+        deadline = settling + settle_timeout
         runs: dict[str, dict[str, Any]] = {}
+        slow: list[str] = []  # still not finished a minute after the workload stopped
         while True:
             runs = self.runs()
             unsettled = [rid for rid in wanted if runs.get(rid, {}).get("state") not in TERMINAL]
             if not unsettled or time.monotonic() > deadline:
                 break
+            if not slow and time.monotonic() - settling > 60:
+                slow = unsettled[:5]
             time.sleep(5)
         lost = sorted(rid for rid in wanted if runs.get(rid, {}).get("state") != "success")
         first = self.first_new_run_start(event, lines)
@@ -429,4 +433,7 @@ class Workloads:
             "lost_runs": {rid: runs.get(rid, {}).get("state", "missing") for rid in lost[:10]},
             "outage_s": round(first - event, 1) if first else None,
             "baseline_start_s": round(statistics.median(baseline), 1) if baseline else None,
+            # A partition drill once waited 9.5 min here for runs that then succeeded.
+            "settle_s": round(time.monotonic() - settling, 1),
+            "slow_runs": {rid: runs.get(rid, {}) for rid in slow},
         }
