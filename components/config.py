@@ -374,11 +374,8 @@ def _parse_object_storage(
     )
     raw = get("objectStorage")
     if raw is None:
-        for name in (*STORAGE_KEYS, *TASK_LOG_KEYS):
-            if get(name) is not None:
-                raise ConfigError(name, "is set, but objectStorage is not",
-                                  "add objectStorage: {endpoint, region, bucket}, or remove "
-                                  f"{name}")
+        _refuse_keys(get, "is set, but objectStorage is not",
+                     "add objectStorage: {endpoint, region, bucket}, or remove {name}")
         if raw_backup:
             raise ConfigError("backup", "is set, but objectStorage is not: backups need a "
                               "bucket", "add objectStorage: {endpoint, region, bucket}")
@@ -400,15 +397,20 @@ def _parse_object_storage(
     return {"object_storage": storage, "backup": backup}
 
 
+def _refuse_keys(get: Callable[[str], Any], problem: str, fix: str) -> None:
+    """One ConfigError for the first object storage key set where none may be ({name} in fix:
+    the key's name)."""
+    for name in (*STORAGE_KEYS, *TASK_LOG_KEYS):
+        if get(name) is not None:
+            raise ConfigError(name, problem, fix.replace("{name}", name))
+
+
 def _storage_keys(get: Callable[[str], Any], create: bool) -> dict[str, Any]:
     """ObjectStorage's keys from the stack config: the backups' pair (required), the task logs'
     pair (optional, both or neither); with create the program makes them and none may be set."""
     if create:
-        for name in (*STORAGE_KEYS, *TASK_LOG_KEYS):
-            if get(name) is not None:
-                raise ConfigError(name, "is set, but objectStorage.create makes the bucket's "
-                                  "keys (one for the backups, one for the task logs)",
-                                  f"remove it: pulumi config rm {name}")
+        _refuse_keys(get, "is set, but objectStorage.create makes the bucket's keys (one for "
+                     "the backups, one for the task logs)", "remove it: pulumi config rm {name}")
         return {"access_key": None, "secret_key": None}
     access, secret = (get(name) for name in STORAGE_KEYS)
     for name, value in zip(STORAGE_KEYS, (access, secret), strict=True):
