@@ -6,12 +6,12 @@ and runs it on a `Node`: a scratch root where every absolute path under /etc, /v
 harmless real tools. Anything else is "command not found": the tests run as root, and nothing
 a step does may reach this machine.
 
-A stub logs its arguments (and its stdin, when asked) and answers from a table of `Answer`s:
-the first whose glob matches "$*" and has calls left. `sleep` and `date +%s` keep a fake
-clock, so waiting loops and deadlines take no time. `chown` is only logged, `install` logged
-and run without its owner options (the service accounts do not exist here), `runuser` logged,
-then its command run. `Ran.calls` is what ran, in order; tests assert the decisions (which
-commands, with which arguments), not the script's text.
+A stub logs its arguments (and its stdin, when asked), reads any piped input, and answers
+from a table of `Answer`s: the first whose glob matches "$*" and has calls left. `sleep` and
+`date +%s` keep a fake clock, so waiting loops and deadlines take no time. `chown` is only
+logged, `install` logged and run without its owner options (the service accounts do not exist
+here), `runuser` logged, then its command run. `Ran.calls` is what ran, in order; tests
+assert the decisions (which commands, with which arguments), not the script's text.
 """
 
 from __future__ import annotations
@@ -233,6 +233,10 @@ def _answers(name: str, answers: list[Answer], capture_stdin: bool) -> str:
         "#!/bin/bash",
         f"# stub {name} (tests/unit/stepharness.py)",
         _log_line(name, capture_stdin),
+        # Input piped in is read to its end, as the real command would: a stub that exited
+        # unread would fail the writer (`echo ... | socat ...`) with SIGPIPE under pipefail,
+        # now and then, depending on which process runs first.
+        '[ -p /dev/stdin ] && cat >/dev/null',
         'args="$*"',
         "_answer() {  # INDEX TIMES: count a call; false once the answer has had TIMES calls",
         f'  local f="$STATE/{key}.$1" n=0',
