@@ -15,7 +15,7 @@ lock: ## re-resolve requirements.lock (every package's exact version) after chan
 
 test: ## lint and the offline tests (mocks, rendered files checked by real tools)
 	.venv/bin/ruff check .
-	.venv/bin/pytest
+	.venv/bin/pytest -n auto  # every core (pytest-xdist); the cluster tests run one at a time
 
 render: ## write what every node of STACK would get into out/STACK (no cloud, no CLI)
 	$(PY) -m tools.render --stack $(STACK) --out out/$(STACK)
