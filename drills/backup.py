@@ -263,7 +263,8 @@ def _wait_run(api: Api, run_id: str, timeout: float = 300) -> str:
 
 
 def total_loss(suite: Any, record: dict) -> None:
-    """Every machine and disk destroyed, fresh ones deployed, the cluster restored (--latest)."""
+    """Every machine and disk destroyed, fresh ones deployed, the cluster restored (--latest);
+    working again once a new probe DAG run succeeded."""
     password = suite.secrets.db
     leader, sync, _ = _roles()
     runner = next(n for n in NODES if n not in (leader, sync))
@@ -272,29 +273,48 @@ def total_loss(suite: Any, record: dict) -> None:
     time.sleep(30)
     lost_at = time.time()
     lines = writer.stop()
+    phases: dict[str, float] = {}
+
+    def phase(name: str, since: float) -> float:
+        now = time.time()
+        phases[name] = round(now - since, 1)
+        suite.log(f"  {name}: {phases[name]} s")
+        return now
+
     # The machines and their disks go; the object storage (the S3 endpoint) outlives them.
     subprocess.run([sys.executable, "-m", "tools.localcloud", "destroy", *NODES], cwd=REPO,
                    check=True, timeout=900)
     started = time.time()
     subprocess.run([sys.executable, "-m", "tools.localcloud", "up"], cwd=REPO, check=True,
                    timeout=1800)
+    at = phase("machines_up_s", started)
     first = subprocess.run([sys.executable, "-m", "tools.deploy", "--stack", "local"], cwd=REPO,
                            capture_output=True, text=True, timeout=3600)
+    at = phase("first_deploy_s", at)
     restored = restore_to("latest")
+    at = phase("restore_s", at)
     second = subprocess.run([sys.executable, "-m", "tools.deploy", "--stack", "local"], cwd=REPO,
                             capture_output=True, text=True, timeout=3600)
-    health = suite.healthy(since=time.time(), timeout=900)
-    working = time.time()
+    at = phase("second_deploy_s", at)
+    health = suite.healthy(since=at, timeout=900)
+    api = Api(runner)
+    run_id = f"total-loss-{int(time.time())}"
+    api.patch(f"/api/v2/dags/{PROBE_DAG_ID}", {"is_paused": False})
+    api.post(f"/api/v2/dags/{PROBE_DAG_ID}/dagRuns",
+             {"dag_run_id": run_id, "logical_date": None, "conf": {"seconds": 1}})
+    probe = _wait_run(api, run_id)
+    working = phase("to_a_successful_dag_run_s", at)
     stored = failover.psql(runner, f"SELECT seq FROM {failover.SCHEMA}.writes WHERE run = "
                            f"'{writer.run}'", password)
     present = {int(s) for s in stored.split()}
     oks = [(int(p[1]), float(p[3])) for p in (line.split() for line in lines) if p[:1] == ["ok"]]
-    missing = [(seq, at) for seq, at in oks if seq not in present]
-    rpo = round(lost_at - min(at for _, at in missing), 1) if missing else 0.0
+    missing = [(seq, acked) for seq, acked in oks if seq not in present]
+    rpo = round(lost_at - min(acked for _, acked in missing), 1) if missing else 0.0
     record["checks"].update({
         "the first deploy stopped at the repository of the lost cluster": first.returncode != 0
         and "restore it from the repository" in first.stdout + first.stderr,
         "the deploy after the restore succeeded": second.returncode == 0,
+        "a new DAG run succeeded on the restored cluster": probe == "success",
         "RPO within archive_timeout (60 s)": rpo <= 60,
     })
     record.update(
@@ -302,6 +322,8 @@ def total_loss(suite: Any, record: dict) -> None:
         lost={"rows_beyond_rpo": 0 if rpo <= 60 else len(missing)},
         rejoin_s=round(working - started, 1), healthy_after_s=health.get("all_s"),
         details={"rpo_s": rpo, "rows_lost": len(missing), "acked": len(oks),
-                 "to_working_airflow_s": round(working - started, 1), "restore": restored,
-                 "health": health, "first_deploy_tail": (first.stdout + first.stderr)[-800:]},
+                 "to_working_airflow_s": round(working - started, 1), "phases": phases,
+                 "probe_run": probe, "restore": restored, "health": health,
+                 "first_deploy_tail": (first.stdout + first.stderr)[-800:],
+                 "second_deploy_tail": (second.stdout + second.stderr)[-800:]},
     )

@@ -9,8 +9,9 @@ A table is marked in a Markdown file by
     ...rendered here...
     <!-- /table -->
 
-KIND is `load` (drills/load.py's document), `footprint` (drills/footprint.py's) or `drills`
-(the suite's: python -m drills).
+KIND is `load` (drills/load.py's document), `footprint` (drills/footprint.py's), `drills`
+(the suite's: python -m drills) or `totalloss` (the total-loss records of a suite's document:
+RPO and each phase's time).
 """
 
 from __future__ import annotations
@@ -45,10 +46,27 @@ def _footprint(doc: dict[str, Any]) -> str:
     )
 
 
+def _total_loss(doc: dict[str, Any]) -> str:
+    """The total-loss drill's own figures: RPO, rows lost, each phase to a working Airflow."""
+    lines = ["| run | RPO s | rows acknowledged | rows lost | machines up s | first deploy s "
+             "| restore s | second deploy s | to a successful DAG run s | total s | result |",
+             "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
+    for r in (r for r in doc["records"] if r["drill"] == "total-loss"):
+        d, ph = r.get("details", {}), r.get("details", {}).get("phases", {})
+        cells = [r.get("run"), d.get("rpo_s"), d.get("acked"), d.get("rows_lost"),
+                 ph.get("machines_up_s"), ph.get("first_deploy_s"), ph.get("restore_s"),
+                 ph.get("second_deploy_s"), ph.get("to_a_successful_dag_run_s"),
+                 d.get("to_working_airflow_s"), "ok" if r.get("ok") else "NOT OK"]
+        lines.append("| " + " | ".join("-" if c is None else str(c) for c in cells) + " |")
+    return f"`{doc['command']}` on {doc['date']}, host {doc['machine']['cores']} cores.\n\n" + (
+        "\n".join(lines) + "\n")
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "load": report.load_markdown,
     "footprint": _footprint,
     "drills": report.drills_summary,
+    "totalloss": _total_loss,
 }
 
 

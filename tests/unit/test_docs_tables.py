@@ -27,3 +27,17 @@ def test_a_marked_table_is_rendered_from_its_file(tmp_path, monkeypatch) -> None
     assert "old figures" not in out and out.startswith("intro\n") and out.endswith("after\n")
     assert "| warm | 7 | 0 | 0 | 0 | 12.5 | 2.0 | 0 | - | - |" in out
     assert docs.render(out) == out
+
+
+def test_the_total_loss_table_gives_the_rpo_and_every_phase(tmp_path, monkeypatch) -> None:
+    record = {"drill": "total-loss", "run": 1, "ok": True, "details": {
+        "rpo_s": 12.5, "acked": 300, "rows_lost": 4, "to_working_airflow_s": 900.0,
+        "phases": {"machines_up_s": 8.0, "first_deploy_s": 600.0, "restore_s": 120.0,
+                   "second_deploy_s": 150.0, "to_a_successful_dag_run_s": 22.0}}}
+    doc = {"command": "python -m drills --only total-loss", "date": "2026-12-03",
+           "machine": {"cores": 2}, "records": [{"drill": "pitr"}, record]}
+    (tmp_path / "r.json").write_text(json.dumps(doc))
+    monkeypatch.setattr(docs, "REPO", tmp_path)
+    out = docs.render("<!-- table: totalloss r.json -->\n<!-- /table -->\n")
+    assert "| 1 | 12.5 | 300 | 4 | 8.0 | 600.0 | 120.0 | 150.0 | 22.0 | 900.0 | ok |" in out
+    assert out.count("\n| ") == 2  # the header and the one total-loss run; pitr left out
