@@ -243,6 +243,24 @@ def test_a_repository_of_another_cluster_fails_at_once_with_the_way_out(
     assert len([c for c in ran.of("runuser") if "stanza-create" in c]) == 1  # no retry loop
 
 
+
+def test_a_new_cluster_meeting_the_old_ones_repository_at_check_gets_the_way_out(
+    tmp_path: Any, engine: Engine
+) -> None:
+    # Seen after every node was lost: the stanza and its backups are in order (info says 0),
+    # only `check` compares them with the new database.
+    mismatch = ("ERROR: [028]: backup and archive info files exist but do not match the "
+                "database\nHINT: is this the correct stanza?")
+    stubs = {
+        "curl": Answer(stdout="200"),
+        "runuser": [_info(0), Answer("* check", stderr=mismatch, status=28)],
+    }
+    ran = _stanza_node(tmp_path).run(_step(engine, "backup-stanza").script, stubs)
+    assert ran.returncode == 1
+    assert "do not match the database" in ran.stderr
+    assert "restore it from the repository (python -m tools.restore --stack local" in ran.stderr
+    assert not [c for c in ran.of("runuser") if "stanza-create" in c]
+
 # --- the config -----------------------------------------------------------------------------
 
 
