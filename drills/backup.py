@@ -28,7 +28,7 @@ from typing import Any
 from drills import common, failover
 from drills.airflow import Api
 from drills.nodes import NODES, REPO, ssh
-from drills.workload import PROBE_DAG_ID, DbWriter
+from drills.workload import PROBE_DAG_ID, DbWriter, ensure_probe_dag
 
 STANZA = "airflow-ha-local"
 # The report's outage columns, for a drill that measures none of them (its figures: details).
@@ -297,6 +297,9 @@ def total_loss(suite: Any, record: dict) -> None:
                             capture_output=True, text=True, timeout=3600)
     at = phase("second_deploy_s", at)
     health = suite.healthy(since=at, timeout=900)
+    # The DAG files were on the lost disks only: the team puts its DAG folder back (from its
+    # repository, as the runbook says); here the probe DAG, parsed and unpaused.
+    ensure_probe_dag(runner, suite.log)
     api = Api(runner)
     run_id = f"total-loss-{int(time.time())}"
     api.patch(f"/api/v2/dags/{PROBE_DAG_ID}", {"is_paused": False})
