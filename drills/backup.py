@@ -297,16 +297,6 @@ def total_loss(suite: Any, record: dict) -> None:
                             capture_output=True, text=True, timeout=3600)
     at = phase("second_deploy_s", at)
     health = suite.healthy(since=at, timeout=900)
-    # The DAG files were on the lost disks only: the team puts its DAG folder back (from its
-    # repository, as the runbook says); here the probe DAG, parsed and unpaused.
-    ensure_probe_dag(runner, suite.log)
-    api = Api(runner)
-    run_id = f"total-loss-{int(time.time())}"
-    api.patch(f"/api/v2/dags/{PROBE_DAG_ID}", {"is_paused": False})
-    api.post(f"/api/v2/dags/{PROBE_DAG_ID}/dagRuns",
-             {"dag_run_id": run_id, "logical_date": None, "conf": {"seconds": 1}})
-    probe = _wait_run(api, run_id)
-    working = phase("to_a_successful_dag_run_s", at)
     stored = failover.psql(runner, f"SELECT seq FROM {failover.SCHEMA}.writes WHERE run = "
                            f"'{writer.run}'", password)
     present = {int(s) for s in stored.split()}
@@ -317,16 +307,30 @@ def total_loss(suite: Any, record: dict) -> None:
         "the first deploy stopped at the repository of the lost cluster": first.returncode != 0
         and "restore it from the repository" in first.stdout + first.stderr,
         "the deploy after the restore succeeded": second.returncode == 0,
-        "a new DAG run succeeded on the restored cluster": probe == "success",
         "RPO within archive_timeout (60 s)": rpo <= 60,
     })
-    record.update(
-        victim="every node", runner=runner, outage_s=NO_OUTAGE,
-        lost={"rows_beyond_rpo": 0 if rpo <= 60 else len(missing)},
-        rejoin_s=round(working - started, 1), healthy_after_s=health.get("all_s"),
-        details={"rpo_s": rpo, "rows_lost": len(missing), "acked": len(oks),
-                 "to_working_airflow_s": round(working - started, 1), "phases": phases,
-                 "probe_run": probe, "restore": restored, "health": health,
-                 "first_deploy_tail": (first.stdout + first.stderr)[-800:],
-                 "second_deploy_tail": (second.stdout + second.stderr)[-800:]},
-    )
+    details = {"rpo_s": rpo, "rows_lost": len(missing), "acked": len(oks), "phases": phases,
+               "restore": restored, "health": health,
+               "first_deploy_tail": (first.stdout + first.stderr)[-800:],
+               "second_deploy_tail": (second.stdout + second.stderr)[-800:]}
+    record.update(victim="every node", runner=runner, outage_s=NO_OUTAGE,
+                  lost={"rows_beyond_rpo": 0 if rpo <= 60 else len(missing)},
+                  healthy_after_s=health.get("all_s"), details=details)
+    # The DAG files were on the lost disks only: the team puts its DAG folder back (from its
+    # repository, as the runbook says); here the probe DAG, until Airflow takes it as active
+    # again (the restored database still holds it, stale: a run of it is refused until then).
+    ensure_probe_dag(runner, suite.log)
+    api = Api(runner)
+    deadline = time.time() + 300
+    while api.get(f"/api/v2/dags/{PROBE_DAG_ID}").get("is_stale", False):
+        assert time.time() < deadline, "the probe DAG is still stale 5 minutes after its file"
+        time.sleep(3)
+    run_id = f"total-loss-{int(time.time())}"
+    api.patch(f"/api/v2/dags/{PROBE_DAG_ID}", {"is_paused": False})
+    api.post(f"/api/v2/dags/{PROBE_DAG_ID}/dagRuns",
+             {"dag_run_id": run_id, "logical_date": None, "conf": {"seconds": 1}})
+    probe = _wait_run(api, run_id)
+    working = phase("to_a_successful_dag_run_s", at)
+    record["checks"]["a new DAG run succeeded on the restored cluster"] = probe == "success"
+    record["rejoin_s"] = round(working - started, 1)
+    details.update(probe_run=probe, to_working_airflow_s=round(working - started, 1))
