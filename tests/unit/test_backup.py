@@ -228,38 +228,27 @@ def test_a_replica_waits_for_the_primary_and_creates_nothing(
     assert not (tmp_path / "backups").exists()
 
 
+MISMATCH = ("ERROR: [028]: backup and archive info files exist but do not match the database\n"
+            "HINT: is this the correct stanza?")
+
+
+# The repository of another cluster: met at stanza-create (info says 5), or, seen after every
+# node was lost, at check (the stanza and its backups are in order: info says 0).
+@pytest.mark.parametrize(("info_code", "failing", "creates"),
+                         [(5, "stanza-create", 1), (0, "check", 0)])
 def test_a_repository_of_another_cluster_fails_at_once_with_the_way_out(
-    tmp_path: Any, engine: Engine
+    tmp_path: Any, engine: Engine, info_code: int, failing: str, creates: int
 ) -> None:
-    mismatch = ("ERROR: [028]: backup and archive info files exist but do not match the "
-                "database\nHINT: is this the correct stanza?")
     stubs = {
         "curl": Answer(stdout="200"),
-        "runuser": [_info(5), Answer("* stanza-create", stderr=mismatch, status=28)],
-    }
-    ran = _stanza_node(tmp_path).run(_step(engine, "backup-stanza").script, stubs)
-    assert ran.returncode == 1
-    assert "python -m tools.restore --stack local" in ran.stderr
-    assert len([c for c in ran.of("runuser") if "stanza-create" in c]) == 1  # no retry loop
-
-
-
-def test_a_new_cluster_meeting_the_old_ones_repository_at_check_gets_the_way_out(
-    tmp_path: Any, engine: Engine
-) -> None:
-    # Seen after every node was lost: the stanza and its backups are in order (info says 0),
-    # only `check` compares them with the new database.
-    mismatch = ("ERROR: [028]: backup and archive info files exist but do not match the "
-                "database\nHINT: is this the correct stanza?")
-    stubs = {
-        "curl": Answer(stdout="200"),
-        "runuser": [_info(0), Answer("* check", stderr=mismatch, status=28)],
+        "runuser": [_info(info_code), Answer(f"* {failing}", stderr=MISMATCH, status=28)],
     }
     ran = _stanza_node(tmp_path).run(_step(engine, "backup-stanza").script, stubs)
     assert ran.returncode == 1
     assert "do not match the database" in ran.stderr
     assert "restore it from the repository (python -m tools.restore --stack local" in ran.stderr
-    assert not [c for c in ran.of("runuser") if "stanza-create" in c]
+    assert len([c for c in ran.of("runuser") if "stanza-create" in c]) == creates  # no retry
+
 
 # --- the config -----------------------------------------------------------------------------
 
