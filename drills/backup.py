@@ -9,8 +9,9 @@
 - task-log: a probe task that ran on node-c; node-c's machine stopped; the task's log read
   through node-a's REST API comes back whole from the object storage.
 - total-loss (full suite only, by hand: it rebuilds the machines): every disk destroyed, fresh
-  machines deployed, the cluster restored from the repository (--latest); figures: RPO (seconds
-  of acknowledged writes lost) and the time to a working Airflow.
+  machines deployed (the deploy stops at the old cluster's repository), the cluster restored
+  from the repository (--latest), deployed again, the probe DAG's file put back; figures: RPO
+  (seconds of acknowledged writes lost), each phase, and the time to a successful DAG run.
 """
 
 from __future__ import annotations
