@@ -28,7 +28,7 @@ from typing import Any
 
 from drills import common, failover
 from drills.airflow import Api
-from drills.nodes import NODES, REPO, ssh
+from drills.nodes import NODES, REPO, localcloud, ssh
 from drills.workload import PROBE_DAG_ID, DbWriter, ensure_probe_dag
 
 STANZA = "airflow-ha-local"
@@ -174,10 +174,7 @@ def task_log(suite: Any, record: dict) -> None:
     while found is None and time.time() < deadline:
         attempt += 1
         run_id = f"task-log-{int(time.time())}-{attempt}"
-        api.patch(f"/api/v2/dags/{PROBE_DAG_ID}", {"is_paused": False})
-        api.post(f"/api/v2/dags/{PROBE_DAG_ID}/dagRuns",
-                 {"dag_run_id": run_id, "logical_date": None, "conf": {"seconds": 1}})
-        state = _wait_run(api, run_id)
+        state = _probe_run(api, run_id)
         tis = api.get(f"/api/v2/dags/{PROBE_DAG_ID}/dagRuns/{run_id}/taskInstances")
         ti = tis["task_instances"][0]
         if state == "success" and ti["hostname"] == victim:
@@ -253,6 +250,20 @@ def log_whole(text: str) -> bool:
             and "Command exited with return code 0" in text and "Post Execute" in text)
 
 
+def _probe_run(api: Api, run_id: str) -> str:
+    """A probe DAG run of a one-second task, triggered and followed to its end: its state."""
+    api.patch(f"/api/v2/dags/{PROBE_DAG_ID}", {"is_paused": False})
+    api.post(f"/api/v2/dags/{PROBE_DAG_ID}/dagRuns",
+             {"dag_run_id": run_id, "logical_date": None, "conf": {"seconds": 1}})
+    return _wait_run(api, run_id)
+
+
+def _deploy() -> subprocess.CompletedProcess:
+    """`python -m tools.deploy --stack local`, its output kept (a failure is a result here)."""
+    return subprocess.run([sys.executable, "-m", "tools.deploy", "--stack", "local"], cwd=REPO,
+                          capture_output=True, text=True, timeout=3600)
+
+
 def _wait_run(api: Api, run_id: str, timeout: float = 300) -> str:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -283,19 +294,15 @@ def total_loss(suite: Any, record: dict) -> None:
         return now
 
     # The machines and their disks go; the object storage (the S3 endpoint) outlives them.
-    subprocess.run([sys.executable, "-m", "tools.localcloud", "destroy", *NODES], cwd=REPO,
-                   check=True, timeout=900)
+    localcloud("destroy", *NODES, timeout=900)
     started = time.time()
-    subprocess.run([sys.executable, "-m", "tools.localcloud", "up"], cwd=REPO, check=True,
-                   timeout=1800)
+    localcloud("up", timeout=1800)
     at = phase("machines_up_s", started)
-    first = subprocess.run([sys.executable, "-m", "tools.deploy", "--stack", "local"], cwd=REPO,
-                           capture_output=True, text=True, timeout=3600)
+    first = _deploy()
     at = phase("first_deploy_s", at)
     restored = restore_to("latest")
     at = phase("restore_s", at)
-    second = subprocess.run([sys.executable, "-m", "tools.deploy", "--stack", "local"], cwd=REPO,
-                            capture_output=True, text=True, timeout=3600)
+    second = _deploy()
     at = phase("second_deploy_s", at)
     health = suite.healthy(since=at, timeout=900)
     stored = failover.psql(runner, f"SELECT seq FROM {failover.SCHEMA}.writes WHERE run = "
@@ -318,19 +325,10 @@ def total_loss(suite: Any, record: dict) -> None:
                   lost={"rows_beyond_rpo": 0 if rpo <= 60 else len(missing)},
                   healthy_after_s=health.get("all_s"), details=details)
     # The DAG files were on the lost disks only: the team puts its DAG folder back (from its
-    # repository, as the runbook says); here the probe DAG, until Airflow takes it as active
-    # again (the restored database still holds it, stale: a run of it is refused until then).
+    # repository, as the runbook says); here the probe DAG, until it is parsed and no longer
+    # stale (the restored database still holds it: a run of it is refused until then).
     ensure_probe_dag(runner, suite.log)
-    api = Api(runner)
-    deadline = time.time() + 300
-    while api.get(f"/api/v2/dags/{PROBE_DAG_ID}").get("is_stale", False):
-        assert time.time() < deadline, "the probe DAG is still stale 5 minutes after its file"
-        time.sleep(3)
-    run_id = f"total-loss-{int(time.time())}"
-    api.patch(f"/api/v2/dags/{PROBE_DAG_ID}", {"is_paused": False})
-    api.post(f"/api/v2/dags/{PROBE_DAG_ID}/dagRuns",
-             {"dag_run_id": run_id, "logical_date": None, "conf": {"seconds": 1}})
-    probe = _wait_run(api, run_id)
+    probe = _probe_run(Api(runner), f"total-loss-{int(time.time())}")
     working = phase("to_a_successful_dag_run_s", at)
     record["checks"]["a new DAG run succeeded on the restored cluster"] = probe == "success"
     record["rejoin_s"] = round(working - started, 1)

@@ -52,7 +52,8 @@ def _total_loss(doc: dict[str, Any]) -> str:
              "| restore s | second deploy s | to a successful DAG run s | total s | result |",
              "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
     for r in (r for r in doc["records"] if r["drill"] == "total-loss"):
-        d, ph = r.get("details", {}), r.get("details", {}).get("phases", {})
+        d = r.get("details", {})
+        ph = d.get("phases", {})
         cells = [r.get("run"), d.get("rpo_s"), d.get("acked"), d.get("rows_lost"),
                  ph.get("machines_up_s"), ph.get("first_deploy_s"), ph.get("restore_s"),
                  ph.get("second_deploy_s"), ph.get("to_a_successful_dag_run_s"),

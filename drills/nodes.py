@@ -67,8 +67,8 @@ def deploy_secret(key: str, env_var: str, what: str) -> str:
         ) from None
 
 
-def localcloud(*args: str) -> None:
-    """`python3 -m tools.localcloud ARGS` (stop, start, partition, heal a machine)."""
+def localcloud(*args: str, timeout: float = 600) -> None:
+    """`python3 -m tools.localcloud ARGS` (stop, start, partition, heal, destroy machines)."""
     subprocess.run(
-        [sys.executable, "-m", "tools.localcloud", *args], cwd=REPO, check=True, timeout=600
+        [sys.executable, "-m", "tools.localcloud", *args], cwd=REPO, check=True, timeout=timeout
     )

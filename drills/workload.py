@@ -81,11 +81,13 @@ def put_dag(name: str, text: str, log: Log = say) -> None:
 
 
 def wait_parsed(api: airflow.Api, dag_id: str, deadline: float, tasks: int | None = None):
-    """Until the DAG's tasks are in the database (`tasks` of them, if given)."""
+    """Until the DAG's tasks are in the database (`tasks` of them, if given) and the DAG is
+    not stale (a restored database holds DAGs whose files are gone: their runs are refused)."""
     while True:
         with contextlib.suppress(RuntimeError):
             found = api.get(f"/api/v2/dags/{dag_id}/tasks").get("total_entries")
-            if found and (tasks is None or found == tasks):
+            if (found and (tasks is None or found == tasks)
+                    and not api.get(f"/api/v2/dags/{dag_id}").get("is_stale", False)):
                 return
         if time.monotonic() > deadline:
             raise TimeoutError(f"{dag_id} not parsed by {api.node} in time")
