@@ -9,10 +9,13 @@ once and kept as a Pulumi secret (a stack output too: without it the repository 
   the writes lost when every node is lost. archive-async keeps a slow bucket from holding up
   PostgreSQL. Replicas stream only (no restore_command: database.py says why).
 - Backups: a full and a differential timer on every node (the stack's `backup` schedules); the
-  script acts only on the node that is primary, under an etcd lock, so a failover moves the
-  backups with the primary and two never run at once. They are taken from the primary:
-  pgBackRest's backup-standby would need its TLS server or SSH between the nodes, which the
-  project does not open (docs/operations.md, "Backups").
+  script acts only on one node, under an etcd lock, so a failover moves the backups with the
+  roles and two never run at once: the first asynchronous replica that streams, else the
+  synchronous standby, else the primary. pgBackRest reads the files there (backup-standby)
+  and reaches the primary only to start and stop the backup, through the pgBackRest TLS
+  server every node runs on the mesh (the package's pgbackrest.service, port 8432). Both ends
+  show a certificate of the cluster's own CA (certs.py: derived from RandomBytes seeds, secret
+  in the state); only the cluster's nodes may act on the stanza.
 - Restore (point in time, or everything after every node was lost): the node script
   `airflow-ha-restore`, driven by `python -m tools.restore` (docs/operations.md).
 
@@ -29,8 +32,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import pulumi
+import pulumi_random as random
 
+from . import certs
 from .config import BackupSettings, ObjectStorage
+from .config_schema import SECRET_PLACEHOLDER_RE
 from .database import DCS_NAMESPACE
 from .layout import TEXTFILE_DIR
 from .nodes import Node
@@ -42,6 +48,11 @@ from .tier import TierArgs, generated_password
 PACKAGES = ("pgbackrest",)
 CONFIG = "/etc/pgbackrest/pgbackrest.conf"
 CA_FILE = "/etc/pgbackrest/object-storage-ca.pem"
+TLS_DIR = "/etc/pgbackrest/tls"
+TLS_PORT = 8432  # pgBackRest's own default
+TLS_FILES = {"ca": f"{TLS_DIR}/ca.crt", "cert": f"{TLS_DIR}/node.crt", "key": f"{TLS_DIR}/node.key"}
+CA_NAME = "airflow-ha mesh CA"
+TLS_UNIT = "pgbackrest.service"  # Debian's package ships it (as postgres, Restart=always)
 SPOOL_DIR = "/var/spool/pgbackrest"
 LOG_DIR = "/var/log/pgbackrest"
 BACKUP_SCRIPT = "/usr/local/sbin/airflow-ha-backup"
@@ -107,6 +118,13 @@ class BackupTier(pulumi.ComponentResource):
         self.cipher_pass: pulumi.Output[str] = pulumi.Output.secret(
             generated_password("pgbackrest-cipher-pass", 64, self)
         )
+        opts_child = pulumi.ResourceOptions(parent=self)
+        self._ca_seed = random.RandomBytes("pgbackrest-tls-ca", length=32, opts=opts_child).base64
+        self._tls_seeds = {
+            n.spec.name: random.RandomBytes(f"{n.spec.name}-pgbackrest-tls-key", length=32,
+                                            opts=opts_child).base64
+            for n in args.nodes
+        }
         installs = {n.spec.name: self._install(n) for n in args.nodes}
         self.ready: dict[str, pulumi.Resource] = {
             n.spec.name: self._stanza(n, list(installs.values())) for n in args.nodes
@@ -122,6 +140,7 @@ class BackupTier(pulumi.ComponentResource):
             "stanza": a.stanza,
             "repo_path": a.repo_path,
             "primary_url": f"http://{spec.mesh_address}:{a.rest_port}/primary",
+            "cluster_url": f"http://{spec.mesh_address}:{a.rest_port}/cluster",
             "rest_url": f"http://{spec.mesh_address}:{a.rest_port}",
             "dcs_prefix": f"{DCS_NAMESPACE}{a.stanza}",
             "data_dir": a.data_dir,
@@ -153,6 +172,14 @@ class BackupTier(pulumi.ComponentResource):
             "retention_full": a.settings.retention_full,
             "postgres_port": a.postgres_port,
             "queue_max": QUEUE_MAX,
+            "mesh_address": node.spec.mesh_address,
+            "tls_port": TLS_PORT,
+            "tls": TLS_FILES,
+            # A node's certificate names it by its mesh address (certs.py).
+            "clients": [n.spec.mesh_address for n in a.nodes],
+            # pg1 is this node's own database; the others follow in meshIndex order.
+            "peers": [{"index": i, "address": n.spec.mesh_address} for i, n in enumerate(
+                (n for n in a.nodes if n.spec.name != node.spec.name), start=2)],
         }
         return pulumi.Output.secret(render_output("backup/pgbackrest.conf.j2", context))
 
@@ -170,6 +197,7 @@ class BackupTier(pulumi.ComponentResource):
             timer = {**context, "type": kind, "schedule": utc(schedules[kind])}
             path = f"{UNIT_DIR}/{UNIT}-{kind}.timer"
             files.append(RemoteFile(path, render("backup/backup.timer.j2", timer)))
+        files += self._tls_files(node)
         if self._args.storage.ca_certificate is not None:
             files.append(RemoteFile(CA_FILE, self._args.storage.ca_certificate))
         metrics = {**context, "script": METRICS_SCRIPT}
@@ -177,6 +205,21 @@ class BackupTier(pulumi.ComponentResource):
                              metrics)
         files.append(RemoteFile(RULES_FILE, rules_yml(self._args)))
         return files
+
+    def _tls_files(self, node: Node) -> list[RemoteFile]:
+        """The CA's certificate, the node's certificate and its key (postgres's alone)."""
+        spec = node.spec
+        ca_name = CA_NAME
+        seed = self._tls_seeds[spec.name]
+        ca = self._ca_seed.apply(lambda s: _derived(s, certs.ca_certificate, s, ca_name))
+        cert = pulumi.Output.all(self._ca_seed, seed).apply(lambda s: _derived(
+            s[1], certs.node_certificate, s[0], ca_name, s[1], spec.mesh_address))
+        key = pulumi.Output.secret(seed.apply(lambda s: _derived(s, certs.private_key_pem, s)))
+        return [
+            RemoteFile(TLS_FILES["ca"], pulumi.Output.unsecret(ca)),
+            RemoteFile(TLS_FILES["cert"], pulumi.Output.unsecret(cert)),
+            RemoteFile(TLS_FILES["key"], key, mode="0600", owner="postgres:postgres"),
+        ]
 
     def _install(self, node: Node) -> pulumi.Resource:
         context = {
@@ -186,6 +229,8 @@ class BackupTier(pulumi.ComponentResource):
                       *(f"{UNIT_DIR}/{METRICS_UNIT}.{kind}" for kind in ("service", "timer"))],
             "timers": [*(f"{UNIT}-{kind}.timer" for kind in BACKUP_TYPES),
                        f"{METRICS_UNIT}.timer"],
+            "tls_unit": TLS_UNIT,
+            "server_files": [CONFIG, *TLS_FILES.values()],
         }
         return run_step(
             "backup-install",
@@ -205,6 +250,14 @@ class BackupTier(pulumi.ComponentResource):
             depends_on=installs,
             timeout_minutes=STANZA_WAIT_S // 60 + 5,
         )
+
+
+def _derived(seed: str, make: Any, *args: str) -> str:
+    """`make(*args)`; the offline render's placeholder seed (tools.render: `<secret:...>`)
+    gives a placeholder."""
+    if not certs.is_seed(seed) and SECRET_PLACEHOLDER_RE.match(seed):
+        return f"<{make.__name__} of the offline render>"
+    return make(*args)
 
 
 def rules_yml(args: BackupArgs) -> str:

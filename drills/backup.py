@@ -1,8 +1,9 @@
 """The backup drills (issue 14): pgBackRest's repository on the local cloud's S3 endpoint.
 
-- backup-basics: the repository ok on every node; a differential taken by every node's timer
-  script lands once, from the primary; after a switchover WAL archiving and the next backup
-  go on from the new primary (`pgbackrest check` there archives a segment end to end).
+- backup-basics: the repository ok on every node; a differential asked of every node's timer
+  script lands once, taken on the asynchronous replica from its own database (backup-standby);
+  after a switchover WAL archiving goes on from the new primary (`pgbackrest check` there
+  archives a segment end to end) and the next backup from the new asynchronous replica.
 - pitr: the writer commits every 100 ms; at T a destructive DELETE, then the cluster restored
   to T (`tools.restore`): every row acknowledged before T is there, none started after it.
   Figures: the restore's duration and the database's downtime.
@@ -48,7 +49,7 @@ def backups(node: str) -> list[dict[str, Any]]:
 
 
 def back_up_everywhere(kind: str) -> dict[str, str]:
-    """What every node's backup script does when its timer fires (only the primary acts)."""
+    """What every node's backup script does when its timer fires (one node acts)."""
     return common.parallel(lambda n: ssh(n, f"{BACKUP} {kind}", timeout=900).stdout, list(NODES))
 
 
@@ -63,9 +64,16 @@ def _takers(outputs: dict[str, str]) -> list[str]:
     return [node for node, out in outputs.items() if "backup of" in out and "done on" in out]
 
 
+def _from_standby(outputs: dict[str, str], node: str) -> bool:
+    """pgBackRest copied from `node`'s standby database (it waited for the standby's replay)."""
+    out = outputs.get(node, "")
+    return "from this standby's database" in out and "replay on the standby reached" in out
+
+
 def basics(suite: Any, record: dict) -> None:
     leader, sync, _ = _roles()
-    runner = next(n for n in NODES if n not in (leader, sync))
+    replica = next(n for n in NODES if n not in (leader, sync))
+    runner = replica
     statuses = {n: info(n)["status"]["message"] for n in NODES}
     before = backups(leader)
     with suite.workload(runner, "backup-basics", runner) as wl:
@@ -75,7 +83,8 @@ def basics(suite: Any, record: dict) -> None:
         switch = failover.runbook.command("patroni-switchover", current_leader=leader,
                                           sync_standby=sync)
         ssh(leader, switch, timeout=180)
-        new_leader = failover.leader_of(failover.wait_healthy())
+        new_leader, new_sync, _ = _roles()
+        new_replica = next(n for n in NODES if n not in (new_leader, new_sync))
         checked = ssh(new_leader, f"runuser -u postgres -- pgbackrest --stanza={STANZA} check")
         after_switch = back_up_everywhere("diff")
         second_taker = _takers(after_switch)
@@ -84,13 +93,16 @@ def basics(suite: Any, record: dict) -> None:
     record["checks"].update({
         "the repository is ok on every node": all(s == "ok" for s in statuses.values()),
         "a full backup was in the repository": any(b["type"] == "full" for b in before),
-        "one differential, from the primary": first_taker == [leader],
+        "one differential, on the async replica from its own database":
+            first_taker == [replica] and _from_standby(diff, replica),
         "WAL archived from the new primary after the switchover": checked.returncode == 0,
-        "the next backup from the new primary": second_taker == [new_leader],
+        "the next backup on the new async replica from its own database":
+            second_taker == [new_replica] and _from_standby(after_switch, new_replica),
         "both differentials in the repository": len(after) == len(before) + 2,
     })
     common_record(record, leader, runner, figures, health, details={
         "statuses": statuses, "old_primary": leader, "new_primary": new_leader,
+        "backed_up_on": [replica, new_replica],
         "backups": [(b["label"], b["type"]) for b in after]})
 
 

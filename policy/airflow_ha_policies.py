@@ -92,6 +92,7 @@ CLUSTER_PORTS: dict[int, str] = {
     5000: "HAProxy (primary)",
     5001: "HAProxy (replicas)",
     8008: "Patroni REST API",
+    8432: "pgBackRest TLS server",
     5672: "RabbitMQ AMQP",
     15672: "RabbitMQ management",
     25672: "RabbitMQ Erlang distribution",

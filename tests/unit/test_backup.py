@@ -18,7 +18,13 @@ import yaml
 from components import backup
 from components.config import ConfigError, parse_config
 from components.layout import TEXTFILE_DIR
-from tests.conftest import without_object_storage
+from policy.airflow_ha_policies import CLUSTER_PORTS
+from tests.conftest import (
+    fake_host_keys,
+    stack_values,
+    with_host_keys,
+    without_object_storage,
+)
 from tests.unit.stepharness import Answer, Node, rendered_step
 from tools.engine import Engine, Step, run_program, unwrap_secrets
 
@@ -69,11 +75,22 @@ def test_no_object_storage_no_backup_tier_and_no_archiving(values: Any) -> None:
     assert "recovery_conf" not in patroni["postgresql"]
 
 
+def _conf(text: str) -> configparser.ConfigParser:
+    """pgBackRest's ini; a repeated key (a hash option: tls-server-auth) is not read here."""
+    conf = configparser.ConfigParser(interpolation=None, strict=False)
+    conf.read_string(unwrap_secrets(text)[0])
+    return conf
+
+
+def _repeated(text: str, key: str) -> list[str]:
+    return [line.split("=", 1)[1] for line in unwrap_secrets(text)[0].splitlines()
+            if line.startswith(f"{key}=")]
+
+
 def test_the_config_holds_the_repository_and_stays_secret(engine: Engine) -> None:
     mode, owner, text = _file(_step(engine, "backup-install"), backup.CONFIG)
     assert (mode, owner) == ("0640", "root:postgres")  # archive-push runs as postgres
-    conf = configparser.ConfigParser(interpolation=None)
-    conf.read_string(unwrap_secrets(text)[0])
+    conf = _conf(text)
     repo = conf["global"]
     assert repo["repo1-type"] == "s3"
     assert repo["repo1-s3-endpoint"] == STORAGE["endpoint"]
@@ -92,6 +109,65 @@ def test_the_config_holds_the_repository_and_stays_secret(engine: Engine) -> Non
     assert "stdin" in command.secret_inputs
 
 
+def test_the_tls_server_listens_on_the_mesh_for_the_clusters_nodes_only(engine: Engine) -> None:
+    text = _file(_step(engine, "backup-install", "node-b"), backup.CONFIG)[2]
+    server = _conf(text)["global"]
+    assert server["tls-server-address"] == "10.42.0.2"
+    assert server["tls-server-port"] == str(backup.TLS_PORT)
+    assert _repeated(text, "tls-server-auth") == [f"10.42.0.{i}={STANZA}" for i in (1, 2, 3)]
+    assert backup.TLS_PORT in CLUSTER_PORTS  # the policy pack keeps it out of every firewall
+
+
+def test_pg1_is_the_nodes_own_database_and_the_others_follow(engine: Engine) -> None:
+    stanza = _conf(_file(_step(engine, "backup-install", "node-b"), backup.CONFIG)[2])[STANZA]
+    assert "pg1-host" not in stanza
+    assert [(stanza[f"pg{i}-host"], stanza[f"pg{i}-host-type"]) for i in (2, 3)] == [
+        ("10.42.0.1", "tls"), ("10.42.0.3", "tls")]
+    assert "pg4-host" not in stanza
+    assert stanza["pg2-path"] == stanza["pg1-path"]
+    assert stanza["pg3-host-cert-file"] == backup.TLS_FILES["cert"]
+
+
+def _tls(engine: Engine, node: str) -> dict[str, tuple[str, str, str]]:
+    step = _step(engine, "backup-install", node)
+    return {kind: _file(step, path) for kind, path in backup.TLS_FILES.items()}
+
+
+def test_every_node_certificate_verifies_against_the_clusters_ca(
+    engine: Engine, tmp_path: Path
+) -> None:
+    for node, address in (("node-a", "10.42.0.1"), ("node-c", "10.42.0.3")):
+        files = _tls(engine, node)
+        assert files["key"][:2] == ("0600", "postgres:postgres")
+        for kind in ("ca", "cert"):
+            (tmp_path / kind).write_text(unwrap_secrets(files[kind][2])[0])
+        ran = subprocess.run(["openssl", "verify", "-CAfile", tmp_path / "ca", tmp_path / "cert"],
+                             capture_output=True, text=True)
+        assert ran.returncode == 0, ran.stderr
+        shown = subprocess.run(["openssl", "x509", "-in", tmp_path / "cert", "-noout", "-ext",
+                                "subjectAltName", "-subject"], capture_output=True, text=True,
+                               check=True).stdout
+        assert f"IP Address:{address}\n" in shown and f"CN = {address}" in shown
+    # The key is the certificate's: the public halves match.
+    (tmp_path / "key").write_text(unwrap_secrets(files["key"][2])[0])
+    public = [subprocess.run(args, capture_output=True, text=True, check=True).stdout
+              for args in (["openssl", "pkey", "-in", tmp_path / "key", "-pubout"],
+                           ["openssl", "x509", "-in", tmp_path / "cert", "-noout", "-pubkey"])]
+    assert public[0] == public[1]
+
+
+def test_the_certificates_are_the_same_on_every_run(values: Any, engine: Engine) -> None:
+    """Derived, not generated: a second `pulumi up` writes nothing and restarts nothing."""
+    again = Engine()
+    run_program(_with_storage(values, backup={"retentionFull": 3, "archiveTimeout": 30}),
+                again, "local")
+    assert _tls(again, "node-b") == _tls(engine, "node-b")
+    assert _tls(engine, "node-a")["ca"] == _tls(engine, "node-b")["ca"]
+    assert _tls(engine, "node-a")["cert"] != _tls(engine, "node-b")["cert"]
+    seeds = [r for r in engine.resources if r.name.endswith("pgbackrest-tls-key")]
+    assert len(seeds) == 3 and all("base64" in r.outputs for r in seeds)
+
+
 def test_a_private_ca_is_written_and_named(values: Any) -> None:
     ca = "-----BEGIN CERTIFICATE-----\nMIIBdummy\n-----END CERTIFICATE-----\n"
     engine = Engine()
@@ -99,8 +175,7 @@ def test_a_private_ca_is_written_and_named(values: Any) -> None:
                 engine, "local")
     step = _step(engine, "backup-install")
     assert _file(step, backup.CA_FILE)[2] == ca
-    conf = configparser.ConfigParser(interpolation=None)
-    conf.read_string(unwrap_secrets(_file(step, backup.CONFIG)[2])[0])
+    conf = _conf(_file(step, backup.CONFIG)[2])
     assert conf["global"]["repo1-storage-ca-file"] == backup.CA_FILE
     assert conf["global"]["repo1-s3-uri-style"] == "path"
 
@@ -132,58 +207,141 @@ def test_timers_are_calendar_expressions_systemd_accepts(engine: Engine, kind: s
     assert checked.returncode == 0, checked.stderr
 
 
-# --- the backup script: acts only on the primary, under the cluster-wide lock ---------------
+# --- the backup script: acts on one node, chosen from Patroni's view, under the lock -------
 
 
 def _backup_script(engine: Engine, node: str = "node-a") -> str:
     return _file(_step(engine, "backup-install", node), backup.BACKUP_SCRIPT)[2]
 
 
-def _run_backup(tmp_path: Any, engine: Engine, args: str, primary: bool) -> Any:
-    code = "200" if primary else "503"
-    stubs = {"curl": Answer(stdout=code), "etcdctl": Answer(), "runuser": Answer()}
-    kind, _, locked = args.partition(" ")
+def _cluster(*members: tuple[str, str, str]) -> str:
+    """Patroni's GET /cluster: (name, role, state) per member."""
+    return json.dumps({"members": [{"name": n, "role": r, "state": s, "host": "10.42.0.9"}
+                                   for n, r, s in members]})
+
+
+# node-a primary, node-b synchronous standby, node-c the asynchronous replica.
+HEALTHY = _cluster(("node-a", "leader", "running"), ("node-b", "sync_standby", "streaming"),
+                   ("node-c", "replica", "streaming"))
+
+
+def _run_backup(tmp_path: Any, engine: Engine, args: str, node: str = "node-c",
+                cluster: str = HEALTHY, locked: bool = False) -> Any:
+    stubs = {"curl": Answer(stdout=cluster), "etcdctl": Answer(), "runuser": Answer()}
     env = "export AIRFLOW_HA_BACKUP_LOCKED=1\n" if locked else ""
-    return Node(tmp_path).run(f"{env}set -- {kind}\n" + _backup_script(engine), stubs)
+    return Node(tmp_path).run(f"{env}set -- {args}\n" + _backup_script(engine, node), stubs)
 
 
-def test_a_replica_backs_up_nothing(tmp_path: Any, engine: Engine) -> None:
-    ran = _run_backup(tmp_path, engine, "full", primary=False)
+def _pgbackrest(kind: str, standby: str) -> list[str]:
+    return [f"runuser -u postgres -- pgbackrest --stanza={STANZA} --type={kind} "
+            f"--backup-standby={standby} backup"]
+
+
+@pytest.mark.parametrize("node", ["node-a", "node-b"])
+def test_only_the_async_replica_backs_up(tmp_path: Any, engine: Engine, node: str) -> None:
+    ran = _run_backup(tmp_path, engine, "full", node=node)
     assert ran.returncode == 0, ran.stderr
     assert ran.of("etcdctl") == [] and ran.of("runuser") == []
-    assert "not the primary" in ran.stdout
+    assert "taken on node-c, not on " + node in ran.stdout
 
 
-def test_the_primary_takes_the_cluster_wide_lock_first(tmp_path: Any, engine: Engine) -> None:
-    ran = _run_backup(tmp_path, engine, "diff", primary=True)
+def test_the_chosen_node_takes_the_cluster_wide_lock_first(tmp_path: Any, engine: Engine) -> None:
+    ran = _run_backup(tmp_path, engine, "diff")
     assert ran.returncode == 0, ran.stderr
     (lock,) = ran.of("etcdctl")
     assert f"lock /airflow-ha/{STANZA}/backup-lock" in lock
-    assert lock.endswith(" diff") and "--locked" not in lock  # etcdctl would take it
+    assert lock.endswith(" diff") and "--" not in lock.split(" lock ")[1]  # etcdctl would take it
     assert "http://10.42.0.1:2379,http://10.42.0.2:2379,http://10.42.0.3:2379" in lock
     assert ran.of("runuser") == []  # the backup runs under the lock, not before it
+    assert ran.of("curl") == ["curl -sf --max-time 5 http://10.42.0.3:8008/cluster"]
 
 
-def test_under_the_lock_the_primary_backs_up(tmp_path: Any, engine: Engine) -> None:
-    ran = _run_backup(tmp_path, engine, "full --locked", primary=True)
-    assert ran.returncode == 0, ran.stderr
-    assert ran.of("runuser") == [
-        f"runuser -u postgres -- pgbackrest --stanza={STANZA} --type=full backup"
-    ]
-
-
-def test_under_the_lock_a_node_no_longer_primary_backs_up_nothing(
+def test_under_the_lock_the_replica_backs_up_from_its_own_database(
     tmp_path: Any, engine: Engine
 ) -> None:
-    ran = _run_backup(tmp_path, engine, "full --locked", primary=False)
+    ran = _run_backup(tmp_path, engine, "full", locked=True)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.of("runuser") == _pgbackrest("full", "y")
+    assert "from this standby's database (replica)" in ran.stdout
+
+
+@pytest.mark.parametrize(("cluster", "chosen", "standby"), [
+    # No asynchronous replica streams (it is down, or a 3-node cluster lost one): the
+    # synchronous standby, still from its own database.
+    (_cluster(("node-a", "leader", "running"), ("node-b", "sync_standby", "streaming"),
+              ("node-c", "replica", "starting")), "node-b", "y"),
+    # No replica at all: the primary, from its own database.
+    (_cluster(("node-a", "leader", "running"), ("node-b", "replica", "stopped")), "node-a", "n"),
+    # Two asynchronous replicas (five nodes): the first by name.
+    (_cluster(("node-e", "replica", "streaming"), ("node-a", "leader", "running"),
+              ("node-d", "replica", "streaming"), ("node-b", "sync_standby", "streaming")),
+     "node-d", "y"),
+])
+def test_the_choice_falls_back_in_order(
+    tmp_path: Any, five_nodes: Engine, cluster: str, chosen: str, standby: str
+) -> None:
+    engine = five_nodes
+    taken = []
+    for node in ("node-a", "node-b", "node-c", "node-d", "node-e"):
+        ran = _run_backup(tmp_path / node, engine, "diff", node=node, cluster=cluster,
+                          locked=True)
+        assert ran.returncode == 0, ran.stderr
+        if ran.of("runuser"):
+            taken.append(node)
+            assert ran.of("runuser") == _pgbackrest("diff", standby)
+    assert taken == [chosen]
+
+
+@pytest.fixture(scope="module")
+def five_nodes() -> Engine:
+    five = {**stack_values("local"), "objectStorage": STORAGE, **KEYS}
+    five["nodes"] = [{"name": f"node-{c}", "meshIndex": i + 1, "cloud": "static",
+                      "host": f"172.31.77.{11 + i}"} for i, c in enumerate("abcde")]
+    engine = Engine()
+    run_program(with_host_keys(five, fake_host_keys(five)), engine, "local")
+    return engine
+
+
+def test_under_the_lock_a_node_no_longer_chosen_backs_up_nothing(
+    tmp_path: Any, engine: Engine
+) -> None:
+    switched = _cluster(("node-a", "replica", "streaming"), ("node-b", "leader", "running"),
+                        ("node-c", "sync_standby", "streaming"))
+    ran = _run_backup(tmp_path, engine, "full", cluster=switched, locked=True)
     assert ran.returncode == 0, ran.stderr
     assert ran.of("runuser") == []
+    assert "taken on node-a" in ran.stdout
 
 
-def test_an_unknown_type_is_refused(tmp_path: Any, engine: Engine) -> None:
-    ran = _run_backup(tmp_path, engine, "weekly", primary=True)
+def test_here_backs_up_on_the_primary_from_its_own_database(
+    tmp_path: Any, engine: Engine
+) -> None:
+    """The stanza step's first full backup, before any replica streams."""
+    lonely = _cluster(("node-a", "leader", "running"))
+    ran = _run_backup(tmp_path / "1", engine, "full here", node="node-a", cluster=lonely)
+    (lock,) = ran.of("etcdctl")
+    assert lock.endswith(" full here")
+    ran = _run_backup(tmp_path / "2", engine, "full here", node="node-a", cluster=lonely,
+                      locked=True)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.of("runuser") == _pgbackrest("full", "n")
+    assert "from the primary's database" in ran.stdout
+
+
+def test_without_patroni_the_node_backs_up_nothing(tmp_path: Any, engine: Engine) -> None:
+    stubs = {"curl": Answer(status=7), "etcdctl": Answer(), "runuser": Answer()}
+    ran = Node(tmp_path).run("set -- full\n" + _backup_script(engine, "node-c"), stubs)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.of("etcdctl") == [] and ran.of("runuser") == []
+    assert "Patroni does not answer on node-c" in ran.stdout
+
+
+@pytest.mark.parametrize("args", ["weekly", "full there", ""])
+def test_an_unknown_type_or_place_is_refused(tmp_path: Any, engine: Engine, args: str) -> None:
+    ran = _run_backup(tmp_path, engine, args)
     assert ran.returncode == 2
     assert "usage" in ran.stderr
+    assert ran.of("curl") == []
 
 
 # --- the stanza step -------------------------------------------------------------------------
@@ -215,7 +373,7 @@ def test_the_primary_creates_the_stanza_and_a_first_full_backup(
     assert calls.index(f"runuser -u postgres -- pgbackrest --stanza={STANZA} stanza-create") < (
         calls.index(f"runuser -u postgres -- pgbackrest --stanza={STANZA} check")
     )
-    assert (tmp_path / "backups").read_text() == "full\n"
+    assert (tmp_path / "backups").read_text() == "full here\n"
 
 
 def test_a_replica_waits_for_the_primary_and_creates_nothing(

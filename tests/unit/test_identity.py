@@ -67,6 +67,9 @@ DERIVED = re.compile(
     r"|^# What the units run with|^# Digest of |^\s*$"
     # The monitoring tier's: its rules' and check's expected member and target counts.
     r"|(running_nodes|cluster_members) < \d+|^(node_count|expected_targets)=\d+$"
+    # pgBackRest's numbered peer list (pgN-... blocks): a removed peer's block goes, the next
+    # ones move up.
+    r"|^pg\d+-[a-z-]+="
 )
 
 

@@ -40,6 +40,8 @@ EXPECTED = {
 WITH_OBJECT_STORAGE = {
     "/etc/airflow/airflow.env": ("0640", "root:airflow"),
     "/etc/pgbackrest/pgbackrest.conf": ("0640", "root:postgres"),
+    # The node's key for pgBackRest's TLS server and client (components/certs.py).
+    "/etc/pgbackrest/tls/node.key": ("0600", "postgres:postgres"),
 }
 BUILTINS = {"printf", "echo", "local", "export", "readonly", "declare", "[", "test", "if", "elif"}
 ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")

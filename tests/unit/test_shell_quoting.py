@@ -103,8 +103,10 @@ class _SecretsEngine(Engine):
         self.make = make
 
     def secret_value(self, name: str, kind: str, inputs: dict) -> str:
-        if name.endswith("-host-key"):  # a seed, never text: no shell sees it, only its key
-            return super().secret_value(name, kind, inputs)
+        # A seed, never text: no shell sees it, only the key or certificate made from it.
+        # The same in both renders where it lands in a step's file (the TLS keys).
+        if name.endswith(("-host-key", "-pgbackrest-tls-key", "pgbackrest-tls-ca")):
+            return super().secret_value(_canonical(name), kind, inputs)
         return self.make(f"s-{name}")
 
     def run_command(self, name: str, inputs: dict) -> dict:
