@@ -5,13 +5,13 @@
 
 A table is marked in a Markdown file by
 
-    <!-- table: KIND drills/results/FILE.json -->
+    <!-- table: KIND drills/results/FILE.json [only=DRILL,...] -->
     ...rendered here...
     <!-- /table -->
 
 KIND is `load` (drills/load.py's document), `footprint` (drills/footprint.py's), `drills`
 (the suite's: python -m drills) or `totalloss` (the total-loss records of a suite's document:
-RPO and each phase's time).
+RPO and each phase's time). `only=` keeps the named drills' records of the file.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from drills.nodes import REPO
 
 DOCS = REPO / "docs"
 BLOCK = re.compile(
-    r"(<!-- table: (?P<kind>[a-z]+) (?P<path>\S+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S
+    r"(?P<head><!-- table: (?P<kind>[a-z]+) (?P<path>\S+)(?: only=(?P<only>[a-z,-]+))? -->\n)"
+    r"(?P<body>.*?)(?P<end><!-- /table -->)", re.S
 )
 
 
@@ -74,8 +75,14 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
 def render(text: str) -> str:
     def one(match: re.Match[str]) -> str:
         doc = json.loads((REPO / match["path"]).read_text())
+        if match["only"]:
+            names = match["only"].split(",")
+            records = [r for r in doc["records"] if r["drill"] in names]
+            labels = {r["label"] for r in records}
+            doc = {**doc, "records": records,
+                   "table": [row for row in doc.get("table", []) if row["drill"] in labels]}
         body = RENDERERS[match["kind"]](doc).rstrip("\n") + "\n"
-        return f"{match.group(1)}{body}{match.group(5)}"
+        return f"{match['head']}{body}{match['end']}"
 
     return BLOCK.sub(one, text)
 

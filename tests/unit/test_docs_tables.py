@@ -41,3 +41,14 @@ def test_the_total_loss_table_gives_the_rpo_and_every_phase(tmp_path, monkeypatc
     out = docs.render("<!-- table: totalloss r.json -->\n<!-- /table -->\n")
     assert "| 1 | 12.5 | 300 | 4 | 8.0 | 600.0 | 120.0 | 150.0 | 22.0 | 900.0 | ok |" in out
     assert out.count("\n| ") == 2  # the header and the one total-loss run; pitr left out
+
+
+def test_only_keeps_the_named_drills_of_a_suite_file(tmp_path, monkeypatch) -> None:
+    doc = json.loads((docs.REPO / "drills/results/2026-12-03T135122Z-drills-vm.json").read_text())
+    (tmp_path / "r.json").write_text(json.dumps(doc))
+    monkeypatch.setattr(docs, "REPO", tmp_path)
+    both = docs.render("<!-- table: drills r.json -->\n<!-- /table -->\n")
+    one = docs.render("<!-- table: drills r.json only=backup-basics -->\n<!-- /table -->\n")
+    assert "PostgreSQL primary crash" in both and "PostgreSQL primary crash" not in one
+    assert "backups on the async replica" in one
+    assert docs.render(one) == one
