@@ -8,11 +8,14 @@ import asyncio
 import base64
 import configparser
 import json
+import os
 import re
 import shutil
+import signal
 import ssl
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pulumi
@@ -558,14 +561,22 @@ def test_task_runners_outlast_a_busy_or_restarting_api_server(local) -> None:
     assert waits > 60 and timeout >= 20
 
 
-def test_scheduling_units_import_first_then_wait_for_a_primary_then_run(local, tmp_path) -> None:
+# What the launcher's warm_up calls (module: function), stood in too.
+WARM_UP = {"airflow.cli.cli_parser": "get_parser", "airflow.models": "import_all_models",
+           "sqlalchemy.orm": "configure_mappers"}
+
+
+def _launcher(local, tmp_path: Path, main_body: str) -> tuple[Path, dict[str, str], Path]:
+    """The rendered launcher, beside a stand-in Airflow (every module it imports, recording its
+    import; a CLI whose main() runs `main_body`) and a fake pg_isready: no primary for its
+    first 3 calls. Returns (launcher, env, record)."""
     engine, _ = local
     step = _steps(engine, "airflow-config")["node-a"]
     assert _mode_owner(step, airflow.GATED_START)[0] == "0755"
-    (tmp_path / "gated").write_text(_file(step, airflow.GATED_START))
-    # A stand-in Airflow: every module the launcher imports, and a CLI that records what it ran.
+    launcher = tmp_path / "gated"
+    launcher.write_text(_file(step, airflow.GATED_START))
     record = tmp_path / "record"
-    modules = ["airflow.__main__", *airflow.GATED_MODULES["scheduler"]]
+    modules = ["airflow.__main__", *airflow.GATED_MODULES["scheduler"], *WARM_UP]
     for module in modules:
         path = tmp_path / "site" / Path(*module.split("."))
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -574,43 +585,99 @@ def test_scheduling_units_import_first_then_wait_for_a_primary_then_run(local, t
                 break
             (parent / "__init__.py").touch()
         body = f"open({str(record)!r}, 'a').write('import {module}\\n')\n"
+        if module in WARM_UP:
+            body += (f"def {WARM_UP[module]}():\n"
+                     f"    open({str(record)!r}, 'a').write('warm {WARM_UP[module]}\\n')\n")
         if module == "airflow.__main__":
             body += (
-                "import sys\n"
-                f"def main():\n    open({str(record)!r}, 'a').write('run ' + ' '.join(sys.argv)"
-                " + '\\n')\n"
+                "import os, sys, time\n"
+                f"RECORD = {str(record)!r}\n"
+                "def main():\n"
+                "    open(RECORD, 'a').write(f'run {os.getpid()} ' + ' '.join(sys.argv) + '\\n')\n"
+                + "".join(f"    {line}\n" for line in main_body.splitlines())
             )
         path.with_suffix(".py").write_text(body)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    # A fake pg_isready: no primary for its first 3 calls (each call is recorded).
     (bin_dir / "pg_isready").write_text(
         f'#!/bin/sh\necho "pg_isready $*" >> {record}\n'
         f'[ "$(grep -c pg_isready {record})" -gt 3 ]\n'
     )
     (bin_dir / "pg_isready").chmod(0o755)
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "PYTHONPATH": str(tmp_path / "site")}
-    result = subprocess.run(
-        [sys.executable, str(tmp_path / "gated"), "scheduler", "--verbose"],
-        env=env, capture_output=True, text=True, timeout=60,
-    )
+    return launcher, env, record
+
+
+def test_scheduling_units_import_once_then_wait_for_a_primary_then_run(local, tmp_path) -> None:
+    launcher, env, record = _launcher(local, tmp_path, "return 0")
+    result = subprocess.run([sys.executable, str(launcher), "scheduler", "--verbose"],
+                            env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     lines = record.read_text().splitlines()
     imports = [line for line in lines if line.startswith("import ")]
+    warm = [line for line in lines if line.startswith("warm ")]
     checks = [line for line in lines if line.startswith("pg_isready")]
-    # Imports first, then the wait (four checks), then the command, in this process.
-    assert lines == [*imports, *checks, "run airflow scheduler --verbose"]
-    assert sorted(imports) == sorted(f"import {m}" for m in modules)
+    runs = [line for line in lines if line.startswith("run ")]
+    # Imports and the warm-up first, then the wait (four checks), then the command, in a child.
+    assert lines[-len(checks) - len(runs):] == [*checks, *runs]
+    assert sorted(imports) == sorted(f"import {m}" for m in
+                                     ["airflow.__main__", *airflow.GATED_MODULES["scheduler"],
+                                      *WARM_UP])
+    assert warm == ["warm import_all_models", "warm configure_mappers", "warm get_parser"]
     assert len(checks) == 4 and all("-h 127.0.0.1 -p 5000" in c for c in checks)
+    assert len(runs) == 1 and runs[0].endswith(" airflow scheduler --verbose")
     # With no primary at all it gives up (and systemd starts the unit again a second later).
-    launcher = (tmp_path / "gated").read_text()
-    (tmp_path / "gated").write_text(launcher.replace(f"WAIT_S = {airflow.WAIT_DB_S}", "WAIT_S = 1"))
-    (bin_dir / "pg_isready").write_text("#!/bin/sh\nexit 2\n")
-    result = subprocess.run(
-        [sys.executable, str(tmp_path / "gated"), "scheduler"],
-        env=env, capture_output=True, text=True, timeout=60,
-    )
+    launcher.write_text(launcher.read_text().replace(f"WAIT_S = {airflow.WAIT_DB_S}",
+                                                     "WAIT_S = 1"))
+    (tmp_path / "bin" / "pg_isready").write_text("#!/bin/sh\nexit 2\n")
+    result = subprocess.run([sys.executable, str(launcher), "scheduler"],
+                            env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "no PostgreSQL primary" in result.stderr
+
+
+def test_a_failed_run_runs_again_without_new_imports(local, tmp_path) -> None:
+    """The database went away twice (the command exits 1); the third run ends cleanly."""
+    body = "if open(RECORD).read().count('run ') < 3:\n    sys.exit(1)\nreturn 0"
+    launcher, env, record = _launcher(local, tmp_path, body)
+    result = subprocess.run([sys.executable, str(launcher), "scheduler"],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = record.read_text().splitlines()
+    runs = [line.split()[1] for line in lines if line.startswith("run ")]
+    assert len(runs) == 3 and len(set(runs)) == 3  # three children
+    imported = [line for line in lines if line.startswith(("import ", "warm "))]
+    assert len(imported) == len(set(imported)) == len(airflow.GATED_MODULES["scheduler"]) + 7
+    assert result.stderr.count("exited 1 after 0 s: running it again") == 2
+    # Each run waited for a primary first: no run before the fourth check, one check per rerun.
+    kinds = [line.split()[0] for line in lines if not line.startswith(("import ", "warm "))]
+    assert kinds == ["pg_isready"] * 4 + ["run", "pg_isready", "run", "pg_isready", "run"]
+
+
+def test_runs_that_keep_failing_at_once_end_the_unit(local, tmp_path) -> None:
+    launcher, env, record = _launcher(local, tmp_path, "sys.exit(3)")
+    result = subprocess.run([sys.executable, str(launcher), "scheduler"],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 3
+    assert "failed 5 times within 30 s of its start" in result.stderr
+    assert record.read_text().count("run ") == 5
+
+
+def test_a_stop_ends_the_child_and_the_launcher(local, tmp_path) -> None:
+    """systemd's SIGTERM reaches both (KillMode=control-group): the launcher waits for the
+    child, then exits 0 instead of running it again."""
+    launcher, env, record = _launcher(local, tmp_path, "time.sleep(60)\nreturn 0")
+    proc = subprocess.Popen([sys.executable, str(launcher), "scheduler"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 30
+    while "run " not in (record.read_text() if record.exists() else ""):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGTERM)  # the whole group, as systemd signals the unit
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    assert record.read_text().count("run ") == 1 and "running it again" not in stderr
+
 
 def test_celery_result_store_outlasts_a_database_failover(local) -> None:
     engine, _ = local
