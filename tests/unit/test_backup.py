@@ -1,7 +1,7 @@
 """The backup tier (issue 14): pgBackRest's config and steps as the program renders them, the
 archive settings in Patroni's dynamic config, and the scripts' decisions run under stubs
-(tests/unit/stepharness.py). The config is read by the real pgbackrest in
-tests/unit/test_object_storage_host.py where the host has it."""
+(tests/unit/stepharness.py), the TLS certificates checked with openssl. The real pgBackRest
+reads the config on the local machines (tests/cluster/test_backup.py, the backup drills)."""
 
 from __future__ import annotations
 
