@@ -19,10 +19,10 @@ once and kept as a Pulumi secret (a stack output too: without it the repository 
 - Restore (point in time, or everything after every node was lost): the node script
   `airflow-ha-restore`, driven by `python -m tools.restore` (docs/operations.md).
 
-Per node: `backup-install` (package, config, timers; after the node's database is ready), then
-`backup-stanza` once every node has it (every node loops until the repository holds the stanza
-and a full backup; the primary creates them; a repository of another cluster fails the step
-with the way out).
+Per node: `backup-install` (package, config, certificates, the TLS server, timers; after the
+node's database is ready), then `backup-stanza` once every node has it (every node loops until
+the repository holds the stanza and a full backup; the primary creates them; a repository of
+another cluster fails the step with the way out).
 """
 
 from __future__ import annotations
@@ -209,11 +209,10 @@ class BackupTier(pulumi.ComponentResource):
     def _tls_files(self, node: Node) -> list[RemoteFile]:
         """The CA's certificate, the node's certificate and its key (postgres's alone)."""
         spec = node.spec
-        ca_name = CA_NAME
         seed = self._tls_seeds[spec.name]
-        ca = self._ca_seed.apply(lambda s: _derived(s, certs.ca_certificate, s, ca_name))
+        ca = self._ca_seed.apply(lambda s: _derived(s, certs.ca_certificate, s, CA_NAME))
         cert = pulumi.Output.all(self._ca_seed, seed).apply(lambda s: _derived(
-            s[1], certs.node_certificate, s[0], ca_name, s[1], spec.mesh_address))
+            s[1], certs.node_certificate, s[0], CA_NAME, s[1], spec.mesh_address))
         key = pulumi.Output.secret(seed.apply(lambda s: _derived(s, certs.private_key_pem, s)))
         return [
             RemoteFile(TLS_FILES["ca"], pulumi.Output.unsecret(ca)),
