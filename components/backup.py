@@ -254,7 +254,7 @@ class BackupTier(pulumi.ComponentResource):
 def _derived(seed: str, make: Any, *args: str) -> str:
     """`make(*args)`; the offline render's placeholder seed (tools.render: `<secret:...>`)
     gives a placeholder."""
-    if not certs.is_seed(seed) and SECRET_PLACEHOLDER_RE.match(seed):
+    if SECRET_PLACEHOLDER_RE.match(seed):
         return f"<{make.__name__} of the offline render>"
     return make(*args)
 

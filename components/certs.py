@@ -12,7 +12,6 @@ its RandomBytes (docs/operations.md, section 11).
 from __future__ import annotations
 
 import base64
-import binascii
 import datetime
 import hashlib
 import ipaddress
@@ -30,14 +29,6 @@ def _key(seed_base64: str) -> Ed25519PrivateKey:
     return Ed25519PrivateKey.from_private_bytes(base64.b64decode(seed_base64, validate=True))
 
 
-def is_seed(value: str) -> bool:
-    """A RandomBytes(32) base64 value (the offline render passes placeholders instead)."""
-    try:
-        return len(base64.b64decode(value, validate=True)) == 32
-    except (binascii.Error, ValueError):
-        return False
-
-
 def _serial(*parts: bytes) -> int:
     return int.from_bytes(hashlib.sha256(b"".join(parts)).digest()[:16], "big") >> 1
 
@@ -45,6 +36,14 @@ def _serial(*parts: bytes) -> int:
 def _public(key: Ed25519PrivateKey) -> bytes:
     return key.public_key().public_bytes(serialization.Encoding.Raw,
                                          serialization.PublicFormat.Raw)
+
+
+def _key_usage(ca: bool) -> x509.KeyUsage:
+    """A CA signs certificates (and CRLs); a node signs its TLS handshakes."""
+    return x509.KeyUsage(
+        digital_signature=not ca, content_commitment=False, key_encipherment=False,
+        data_encipherment=False, key_agreement=False, key_cert_sign=ca, crl_sign=ca,
+        encipher_only=False, decipher_only=False)
 
 
 def private_key_pem(seed_base64: str) -> str:
@@ -67,10 +66,7 @@ def ca_certificate(ca_seed: str, name: str) -> str:
         .not_valid_before(NOT_BEFORE)
         .not_valid_after(NOT_AFTER)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(
-            digital_signature=False, content_commitment=False, key_encipherment=False,
-            data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-            encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(_key_usage(ca=True), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
         .sign(key, None)
     )
@@ -93,10 +89,7 @@ def node_certificate(ca_seed: str, ca_name: str, seed: str, address: str) -> str
         .not_valid_before(NOT_BEFORE)
         .not_valid_after(NOT_AFTER)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(
-            digital_signature=True, content_commitment=False, key_encipherment=False,
-            data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
-            encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(_key_usage(ca=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage(
             [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         .add_extension(x509.SubjectAlternativeName(

@@ -71,9 +71,7 @@ def _from_standby(outputs: dict[str, str], node: str) -> bool:
 
 
 def basics(suite: Any, record: dict) -> None:
-    leader, sync, _ = _roles()
-    replica = next(n for n in NODES if n not in (leader, sync))
-    runner = replica
+    leader, sync, runner = _roles()  # the workload on the async replica, where backups run
     statuses = {n: info(n)["status"]["message"] for n in NODES}
     before = backups(leader)
     with suite.workload(runner, "backup-basics", runner) as wl:
@@ -83,8 +81,7 @@ def basics(suite: Any, record: dict) -> None:
         switch = failover.runbook.command("patroni-switchover", current_leader=leader,
                                           sync_standby=sync)
         ssh(leader, switch, timeout=180)
-        new_leader, new_sync, _ = _roles()
-        new_replica = next(n for n in NODES if n not in (new_leader, new_sync))
+        new_leader, _, new_replica = _roles()
         checked = ssh(new_leader, f"runuser -u postgres -- pgbackrest --stanza={STANZA} check")
         after_switch = back_up_everywhere("diff")
         second_taker = _takers(after_switch)
@@ -94,7 +91,7 @@ def basics(suite: Any, record: dict) -> None:
         "the repository is ok on every node": all(s == "ok" for s in statuses.values()),
         "a full backup was in the repository": any(b["type"] == "full" for b in before),
         "one differential, on the async replica from its own database":
-            first_taker == [replica] and _from_standby(diff, replica),
+            first_taker == [runner] and _from_standby(diff, runner),
         "WAL archived from the new primary after the switchover": checked.returncode == 0,
         "the next backup on the new async replica from its own database":
             second_taker == [new_replica] and _from_standby(after_switch, new_replica),
@@ -102,16 +99,17 @@ def basics(suite: Any, record: dict) -> None:
     })
     common_record(record, leader, runner, figures, health, details={
         "statuses": statuses, "old_primary": leader, "new_primary": new_leader,
-        "backed_up_on": [replica, new_replica],
+        "backed_up_on": [runner, new_replica],
         "backups": [(b["label"], b["type"]) for b in after]})
 
 
-def _roles() -> tuple[str, str, list[dict[str, Any]]]:
+def _roles() -> tuple[str, str, str]:
+    """(primary, synchronous standby, asynchronous replica) of a healthy cluster."""
     listing = failover.wait_healthy()
     leader = failover.leader_of(listing)
     sync = next((m["Member"] for m in listing if m["Role"] == "Sync Standby"), None)
     assert leader is not None and sync is not None, listing
-    return leader, sync, listing
+    return leader, sync, next(n for n in NODES if n not in (leader, sync))
 
 
 def common_record(record: dict, victim: str, runner: str, figures: dict, health: dict,
@@ -133,8 +131,7 @@ def restore_to(target: str) -> dict[str, Any]:
 
 
 def pitr(suite: Any, record: dict) -> None:
-    leader, sync, _ = _roles()
-    runner = next(n for n in NODES if n not in (leader, sync))
+    _, _, runner = _roles()
     password = suite.secrets.db
     failover.prepare(password)
     writer = DbWriter(runner, password)
@@ -290,8 +287,7 @@ def total_loss(suite: Any, record: dict) -> None:
     """Every machine and disk destroyed, fresh ones deployed, the cluster restored (--latest);
     working again once a new probe DAG run succeeded."""
     password = suite.secrets.db
-    leader, sync, _ = _roles()
-    runner = next(n for n in NODES if n not in (leader, sync))
+    _, _, runner = _roles()
     failover.prepare(password)
     writer = DbWriter(runner, password)
     time.sleep(30)

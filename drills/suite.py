@@ -215,9 +215,8 @@ def db_crash(timings: dict[str, int] | None) -> Callable[[Suite, dict], None]:
                 health, figures = suite.settle(wl, killed)
                 # The crash drill's own writer found the database back (the workload has none).
                 if drill["outage_s"] is not None:
-                    back = killed + drill["outage_s"]
-                    first = wl.first_task_start_after(back)
-                    figures["airflow"]["after_db_s"] = round(first - back, 1) if first else None
+                    figures["airflow"]["after_db_s"] = wl.first_task_after(
+                        killed + drill["outage_s"])
         finally:
             if changed:
                 failover.set_timings({k: original[k] for k in changed})

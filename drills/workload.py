@@ -288,6 +288,12 @@ class Workloads:
         starts = [r["start"] for r in self.runs().values() if r["start"] and r["start"] > moment]
         return min(starts) if starts else None
 
+    def first_task_after(self, back: float) -> float | None:
+        """Seconds from `back` (the database's writes back) to the first probe task started
+        after it; None: none started."""
+        first = self.first_task_start_after(back)
+        return round(first - back, 1) if first else None
+
     def finished_on(self, node: str) -> list[str]:
         """This workload's successful probe runs whose task ran on `node`, oldest first."""
         runs = sorted(self.runs().items(), key=lambda item: item[1]["start"] or 0)
@@ -350,8 +356,7 @@ class Workloads:
         figures["airflow"] = self._finish_airflow(event, settle_timeout)
         if self.writer is not None:
             back = writes_back(self.writer.acks(), event, end)
-            first = self.first_task_start_after(back) if back else None
-            figures["airflow"]["after_db_s"] = round(first - back, 1) if first else None
+            figures["airflow"]["after_db_s"] = self.first_task_after(back) if back else None
         return figures
 
     def _finish_broker(self, event: float, end: float) -> dict[str, Any]:
